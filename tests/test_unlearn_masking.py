@@ -1,0 +1,211 @@
+"""Tests for neuron masking, the optax transform and the baselines of forsaken_jax.unlearn."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from forsaken_jax.models import create_model
+from forsaken_jax import unlearn
+from forsaken_jax.unlearn import masking
+
+NUM_CLASSES = 3
+INPUT_SHAPE = (2, 2, 1)
+
+
+def _batch(rng, n):
+  return {"image": jnp.asarray(rng.normal(size=(n, *INPUT_SHAPE)), jnp.float32),
+          "label": jnp.asarray(rng.integers(0, NUM_CLASSES, n), jnp.int32)}
+
+
+def _softmax(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _mlp_grads_np(params, batch):
+  """Hand-written backprop of the mean cross-entropy of a 1-hidden-layer ReLU MLP."""
+  w0, b0 = (np.asarray(params["Dense_0"][k], np.float64) for k in ("kernel", "bias"))
+  w1, b1 = (np.asarray(params["Dense_1"][k], np.float64) for k in ("kernel", "bias"))
+  x = np.asarray(batch["image"], np.float64).reshape(len(batch["label"]), -1)
+  y = np.asarray(batch["label"])
+  pre = x @ w0 + b0
+  h = np.maximum(pre, 0)
+  dz = _softmax(h @ w1 + b1)
+  dz[np.arange(len(y)), y] -= 1
+  dz /= len(y)
+  dh = (dz @ w1.T) * (pre > 0)
+  return {"Dense_0": {"kernel": x.T @ dh, "bias": dh.sum(0)},
+          "Dense_1": {"kernel": h.T @ dz, "bias": dz.sum(0)}}
+
+
+@pytest.fixture(scope="module")
+def mlp():
+  model = create_model("mlp", num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE, hidden=(6,))
+  rng = np.random.default_rng(0)
+  return model.apply_fn, model.init_fn(jax.random.key(0)), _batch(rng, 8), _batch(rng, 16)
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def test_unit_groups_pair_kernels_with_biases(mlp):
+  _, params, *_ = mlp
+  names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  groups = [[names[i] for i in g] for g in masking.unit_groups(params)]
+  assert sorted(map(sorted, groups)) == [
+      ["['Dense_0']['bias']", "['Dense_0']['kernel']"],
+      ["['Dense_1']['bias']", "['Dense_1']['kernel']"]]
+  # Scalars are units of their own.
+  assert masking.unit_groups({"a": jnp.zeros(()), "b": jnp.zeros(())}) == [[0], [1]]
+
+
+def test_unit_saliency_matches_hand_computed_gradients(mlp):
+  apply_fn, params, forget, retain = mlp
+  sal = unlearn.unit_saliency(apply_fn, params, forget, retain, eps=1e-12)
+  gf, gr = _mlp_grads_np(params, forget), _mlp_grads_np(params, retain)
+  for layer, fan_in in (("Dense_0", 4), ("Dense_1", 6)):
+    # Mean |grad| over a unit's kernel column and its bias: fan_in + 1 values.
+    f = (np.abs(gf[layer]["kernel"]).sum(0) + np.abs(gf[layer]["bias"])) / (fan_in + 1)
+    r = (np.abs(gr[layer]["kernel"]).sum(0) + np.abs(gr[layer]["bias"])) / (fan_in + 1)
+    expected = f / (r + 1e-12)
+    for leaf in ("kernel", "bias"):
+      np.testing.assert_allclose(sal[layer][leaf], expected, rtol=1e-4)
+
+
+def test_neuron_mask_selects_top_units(mlp):
+  _, params, *_ = mlp
+  rng = np.random.default_rng(1)
+  s0, s1 = rng.random(6), rng.random(3)
+  sal = {"Dense_0": {"kernel": s0, "bias": s0}, "Dense_1": {"kernel": s1, "bias": s1}}
+  mask = unlearn.neuron_mask(params, sal, fraction=0.4)
+  # Brute force: ceil(0.4 * 9) = 4 units with the highest scores overall.
+  allscores = np.concatenate([s0, s1])
+  top = set(np.argsort(-allscores)[:4])
+  chosen0 = np.array([i in top for i in range(6)])
+  chosen1 = np.array([i + 6 in top for i in range(3)])
+  for layer, chosen, fan_in in (("Dense_0", chosen0, 4), ("Dense_1", chosen1, 6)):
+    np.testing.assert_array_equal(mask[layer]["bias"], chosen)
+    np.testing.assert_array_equal(mask[layer]["kernel"], np.tile(chosen, (fan_in, 1)))
+    assert mask[layer]["kernel"].dtype == bool
+  assert masking.mask_size(params, mask) == chosen0.sum() * 5 + chosen1.sum() * 7
+
+  per_layer = unlearn.neuron_mask(params, sal, fraction=0.4, per_layer=True)
+  assert per_layer["Dense_0"]["bias"].sum() == math.ceil(0.4 * 6)
+  assert per_layer["Dense_1"]["bias"].sum() == math.ceil(0.4 * 3)
+  np.testing.assert_array_equal(per_layer["Dense_1"]["bias"], s1 >= np.sort(s1)[-2])
+
+  everything = unlearn.neuron_mask(params, sal, fraction=1.0)
+  assert all(np.all(m) for m in jax.tree.leaves(everything))
+
+
+def test_neuron_mask_bad_input(mlp):
+  _, params, *_ = mlp
+  sal = jax.tree.map(lambda p: np.ones(p.shape[-1]), params)
+  for fraction in (0.0, -0.1, 1.5, float("nan")):
+    with pytest.raises(ValueError, match="fraction"):
+      unlearn.neuron_mask(params, sal, fraction=fraction)
+  with pytest.raises(ValueError, match="saliency must have the structure"):
+    unlearn.neuron_mask(params, {"Dense_0": sal["Dense_0"]}, fraction=0.5)
+  with pytest.raises(ValueError, match="units"):
+    unlearn.neuron_mask(params, jax.tree.map(lambda s: np.ones(2), sal), fraction=0.5)
+
+
+def test_neuron_mask_drives_a_masked_generator(mlp):
+  """The end-to-end path of v3: saliency -> mask -> dense generator on the masked units."""
+  apply_fn, params, forget, retain = mlp
+  sal = unlearn.unit_saliency(apply_fn, params, forget, retain)
+  mask = unlearn.neuron_mask(params, sal, fraction=0.3)
+  gen = unlearn.make_dense_generator(params, num_classes=NUM_CLASSES, mask=mask)
+  ref = unlearn.compute_reference(apply_fn, params, retain, objective="mean_posterior")
+  upd = unlearn.make_generator_update(apply_fn, gen, objective="mean_posterior", lr=0.1)
+  _, candidate, info = upd.update(upd.init(jax.random.key(0)), params, forget, retain, ref)
+  assert bool(info["finite"])
+  for p, c, m in zip(*map(jax.tree.leaves, (params, candidate, mask))):
+    np.testing.assert_array_equal(np.asarray(c)[~m], np.asarray(p)[~m])
+    assert np.any(np.asarray(c)[m] != np.asarray(p)[m])
+
+
+# ----------------------------------------------------------------------------- transform
+
+
+def test_forsaken_transform_in_an_optax_chain(mlp):
+  _, params, *_ = mlp
+  rng = np.random.default_rng(2)
+  forget_grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+  retain_grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+  context = jnp.ones(NUM_CLASSES) / NUM_CLASSES
+  mask = jax.tree.map(lambda p: np.arange(p.size).reshape(p.shape) % 2 == 0, params)
+  # With a zero output layer the coordinatewise generator is exactly the
+  # RMS-normalized forget gradient, so the chain's result is known in closed form.
+  gen = unlearn.make_coordinatewise_generator(num_classes=NUM_CLASSES, output_scale=0.0)
+  tx = optax.chain(unlearn.forsaken_transform(gen, gen.init(jax.random.key(0)), mask=mask),
+                   optax.scale(-0.1))
+  state = tx.init(params)
+  update = jax.jit(tx.update)  # one compilation instead of many eager ops
+  updates, state = update(retain_grads, state, params, forget_grads=forget_grads,
+                          context=context)
+  new_params = optax.apply_updates(params, updates)
+  for p, f, m, n in zip(*map(jax.tree.leaves, (params, forget_grads, mask, new_params))):
+    f = np.asarray(f, np.float64)
+    expected = np.asarray(p) - 0.1 * f / (np.sqrt(np.mean(f**2)) + 1e-8)
+    np.testing.assert_allclose(np.asarray(n)[m], expected[m], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(n)[~m], np.asarray(p)[~m])
+
+  with pytest.raises(ValueError, match="forget_grads and context"):
+    tx.update(retain_grads, state, params)
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(retain_grads, state, None, forget_grads=forget_grads, context=context)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+@pytest.fixture(scope="module")
+def linear():
+  model = create_model("logistic_regression", num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE)
+  rng = np.random.default_rng(3)
+  return model.apply_fn, model.init_fn(jax.random.key(1)), _batch(rng, 8)
+
+
+def _linear_grads_np(params, batch):
+  """Analytic gradient of the mean cross-entropy of multinomial logistic regression."""
+  w, b = (np.asarray(params["Dense_0"][k], np.float64) for k in ("kernel", "bias"))
+  x = np.asarray(batch["image"], np.float64).reshape(len(batch["label"]), -1)
+  dz = _softmax(x @ w + b)
+  dz[np.arange(len(dz)), np.asarray(batch["label"])] -= 1
+  dz /= len(dz)
+  return x.T @ dz, dz.sum(0)
+
+
+def test_gradient_ascent_step(linear):
+  apply_fn, params, batch = linear
+  step = unlearn.make_gradient_ascent_step(apply_fn, lr=0.5)
+  new, info = step(params, batch)
+  dw, db = _linear_grads_np(params, batch)
+  np.testing.assert_allclose(new["Dense_0"]["kernel"], params["Dense_0"]["kernel"] + 0.5 * dw,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new["Dense_0"]["bias"], params["Dense_0"]["bias"] + 0.5 * db,
+                             rtol=1e-5, atol=1e-6)
+  _, after = step(new, batch)
+  assert float(after["loss"]) > float(info["loss"])  # ascent raises the forget loss
+  with pytest.raises(ValueError, match="lr"):
+    unlearn.make_gradient_ascent_step(apply_fn, lr=0.0)
+
+
+def test_finetune_step(linear):
+  apply_fn, params, batch = linear
+  tx = optax.sgd(0.5)
+  step = unlearn.make_finetune_step(apply_fn, tx)
+  new, _, info = step(params, tx.init(params), batch)
+  dw, db = _linear_grads_np(params, batch)
+  np.testing.assert_allclose(new["Dense_0"]["kernel"], params["Dense_0"]["kernel"] - 0.5 * dw,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new["Dense_0"]["bias"], params["Dense_0"]["bias"] - 0.5 * db,
+                             rtol=1e-5, atol=1e-6)
+  bad = {"image": batch["image"], "label": batch["label"][:3]}
+  with pytest.raises(ValueError, match="retain_batch"):
+    step(params, tx.init(params), bad)
