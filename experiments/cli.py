@@ -1,4 +1,4 @@
-"""Command-line entry shared by the phase runners.
+"""Command-line entry shared by the phase runners and the main job.
 
 Flags are defined here, at call time, so that phase modules can import each
 other (the main pipeline imports every phase) without defining them twice.
@@ -15,18 +15,30 @@ from ml_collections import config_flags
 from experiments import common
 
 
-def run(phase_fn: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
-  """Parses `--config path[:arg] --config.x=... --workdir dir` and calls `phase_fn`."""
-  config_flag = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                                lock_config=True)
-  workdir_flag = flags.DEFINE_string("workdir", None, "Run directory.")
-  flags.mark_flags_as_required(["config", "workdir"])
+def run(phase_fn: Callable[[ml_collections.ConfigDict, str], Any], *,
+        default_config: str | None = None, default_workdir: str | None = None) -> None:
+  """Parses `--config path[:arg] --config.x=... --workdir dir` and calls `phase_fn`.
+
+  Args:
+    phase_fn: `(config, workdir) -> anything`.
+    default_config: config file used when `--config` is not given (then the
+      flag is optional).
+    default_workdir: likewise for `--workdir`.
+  """
+  config_flag = config_flags.DEFINE_config_file("config", default_config,
+                                                "Experiment config file.", lock_config=True)
+  workdir_flag = flags.DEFINE_string("workdir", default_workdir, "Run directory.")
+  required = [name for name, default in (("config", default_config),
+                                         ("workdir", default_workdir)) if default is None]
+  if required:
+    flags.mark_flags_as_required(required)
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Orbax logs every save at INFO; the progress bar and summaries say enough.
-    logging.set_verbosity(logging.WARNING)
+    # Orbax logs every save at INFO and every read-only open at WARNING; the
+    # progress bars and summaries say what matters, errors still show.
+    logging.set_verbosity(logging.ERROR)
     common.maybe_initialize_distributed()
     phase_fn(config_flag.value, workdir_flag.value)
 

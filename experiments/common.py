@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import ml_collections
@@ -198,3 +198,181 @@ def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTra
     return optax.chain(optax.add_decayed_weights(train_config.get("weight_decay", 0.0)),
                        optax.sgd(lr, momentum=train_config.get("momentum", 0.9)))
   raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+class TrainingInterrupted(Exception):
+  """Raised by `run_steps(stop_after=...)` to simulate a killed run."""
+
+
+def run_steps(*, phase: str, state: Any, step_fn: Callable, make_batch: Callable[[int], Any],
+              num_steps: int, manager: Any, meta: dict[str, Any], splits: dict[str, np.ndarray],
+              log_every: int, checkpoint_every: int, writer: "MetricWriter",
+              show_progress: bool = True, elapsed_before: float = 0.0,
+              stop_after: int | None = None, hint: str = "") -> tuple[Any, float]:
+  """Runs `step_fn` from the state's step to `num_steps`, checkpointing as it goes.
+
+  Shared by the train, retrain and shadow phases. Each step's output is
+  blocked on (see `parallel.block`); a non-finite loss stops the run with an
+  error and leaves the last good checkpoint untouched (the state was donated
+  to the failed step, so nothing after it is saved).
+
+  Args:
+    phase: phase name for messages and the progress bar.
+    state: the (possibly restored) state; `state["step"]` is the step count
+      (a scalar, or `[K]` equal counts for stacked models).
+    step_fn: `(state, batch) -> (state, metrics)`; metrics hold "loss" and
+      "accuracy" (scalars or `[K]`).
+    make_batch: `step -> device batch`.
+    num_steps: total steps of the phase.
+    manager: writable checkpoint manager of the phase.
+    meta: the phase's meta; "elapsed_seconds" is added at each save.
+    splits: index arrays saved with every checkpoint.
+    log_every: metrics-log period in steps.
+    checkpoint_every: checkpoint period in steps.
+    writer: the phase's `MetricWriter`.
+    show_progress: show a progress bar.
+    elapsed_before: seconds spent by earlier (interrupted) runs.
+    stop_after: raise `TrainingInterrupted` after this many steps of this
+      process, without a final checkpoint (simulates a kill).
+    hint: what to change when the loss is not finite.
+
+  Returns:
+    `(state, seconds)`: the final state and total wall time of the phase's
+    steps, earlier runs included.
+  """
+  from forsaken_jax import checkpoints, parallel  # pylint: disable=g-import-not-at-top
+
+  start = int(np.max(np.asarray(state["step"])))
+  bar = progress(num_steps, desc=phase, initial=start, enabled=show_progress)
+  t0 = time.perf_counter()
+
+  def save(step):
+    checkpoints.save(manager, step, state=state, splits=splits,
+                     meta={**meta, "elapsed_seconds": elapsed_before + time.perf_counter() - t0})
+
+  for step in range(start, num_steps):
+    state, metrics = step_fn(state, make_batch(step))
+    metrics = parallel.block(metrics)
+    loss = np.asarray(metrics["loss"])
+    if not np.all(np.isfinite(loss)):
+      manager.wait_until_finished()
+      bar.close()
+      raise FloatingPointError(
+          f"[{phase}] training loss became {loss.tolist()} at step {step + 1}; {hint} "
+          f"The last good checkpoint (step {manager.latest_step()}) in {manager.directory} "
+          "is untouched.")
+    bar.update(1)
+    if (step + 1) % log_every == 0 or step + 1 == num_steps:
+      accuracy = float(np.mean(metrics["accuracy"]))
+      bar.set_postfix(loss=f"{float(np.mean(loss)):.4f}", acc=f"{accuracy:.3f}")
+      writer.write(step + 1, loss=float(np.mean(loss)), accuracy=accuracy)
+    if (step + 1) % checkpoint_every == 0 or step + 1 == num_steps:
+      save(step + 1)
+    if stop_after is not None and step + 1 - start >= stop_after and step + 1 < num_steps:
+      manager.wait_until_finished()
+      bar.close()
+      raise TrainingInterrupted(f"[{phase}] stopped after step {step + 1}")
+  bar.close()
+  manager.wait_until_finished()
+  return state, elapsed_before + time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def checkpoint_dir(workdir: str, phase: str) -> str:
+  """Where a phase keeps its Orbax checkpoints: `<workdir>/<phase>/checkpoints`."""
+  return os.path.join(workdir, phase, "checkpoints")
+
+
+def restore_or_init(*, phase: str, manager: Any, init: Callable[[], Any], sharding: Any,
+                    expected_meta: dict[str, Any], check_keys: Iterable[str]) -> tuple[Any, float]:
+  """Resumes a phase from its own latest checkpoint, or initializes it.
+
+  Args:
+    phase: phase name for messages.
+    manager: the phase's writable checkpoint manager.
+    init: `() -> state` (jitted, creating the state already sharded).
+    sharding: the sharding every restored leaf gets.
+    expected_meta: the meta this run would write; the stored one must agree
+      on `check_keys`, otherwise the directory belongs to another run and is
+      left untouched (`checkpoints.CheckpointError`).
+    check_keys: meta keys that must agree.
+
+  Returns:
+    `(state, elapsed_seconds)` of the earlier runs (0 for a fresh state).
+  """
+  from forsaken_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  if manager.latest_step() is None:
+    return init(), 0.0
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                          jax.eval_shape(init))
+  try:
+    state, _, meta = checkpoints.restore(manager, abstract, expected_meta=expected_meta,
+                                         check_keys=check_keys)
+  except checkpoints.CheckpointError as e:
+    raise checkpoints.CheckpointError(
+        f"{e}\n[{phase}] refusing to overwrite: use a new --workdir, or delete "
+        f"{manager.directory} to start this phase over.") from None
+  log(f"[{phase}] resuming from step {manager.latest_step()} in {manager.directory}")
+  return state, float(meta.get("elapsed_seconds", 0.0))
+
+
+def load_upstream_data(config: ml_collections.ConfigDict, workdir: str
+                       ) -> tuple[fj_data.ExperimentData, dict[str, Any]]:
+  """The experiment data of a run, checked against its train checkpoint.
+
+  Later phases rebuild the data from the config and compare it with the
+  train phase's stored fingerprint and splits (read-only), so every phase
+  sees exactly the data and splits the original model was trained with.
+
+  Returns:
+    `(data, train_meta)`.
+  """
+  from forsaken_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  manager = checkpoints.open_manager(checkpoint_dir(workdir, "train"), read_only=True)
+  train_meta = checkpoints.read_meta(manager)
+  data = load_experiment_data(config)
+  if data.fingerprint() != train_meta.get("dataset_fingerprint"):
+    raise checkpoints.CheckpointError(
+        f"the data built from this config (fingerprint {data.fingerprint()}) differs from the "
+        f"data the train phase in {manager.directory} used "
+        f"({train_meta.get('dataset_fingerprint')}): pass the config the run was trained with")
+  return data, train_meta
+
+
+def load_phase_params(config: ml_collections.ConfigDict, workdir: str, phase: str,
+                      data: fj_data.ExperimentData) -> tuple[Any, dict[str, Any]]:
+  """Reads the final model parameters a phase wrote (read-only).
+
+  Args:
+    config: the experiment config.
+    workdir: the run directory.
+    phase: "train", "retrain" or "unlearn".
+    data: the experiment data (its fingerprint must match the checkpoint's).
+
+  Returns:
+    `(params, meta)`.
+
+  Raises:
+    checkpoints.CheckpointError: missing, unfinished or incompatible checkpoint.
+  """
+  from forsaken_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  spec = model_spec(config, data)
+  model = create_model(spec)
+  manager = checkpoints.open_manager(checkpoint_dir(workdir, phase), read_only=True)
+  expected = checkpoints.base_meta(phase, model=spec, dataset_fingerprint=data.fingerprint())
+  state, _, meta = checkpoints.restore(
+      manager, expected_meta=expected, check_keys=("phase", "model", "dataset_fingerprint"),
+      expected_params=jax.eval_shape(model.init_fn, jax.random.key(0)))
+  if not meta.get("complete", True) or (
+      "steps" in meta and int(np.max(np.asarray(state["step"]))) < meta["steps"]):
+    raise checkpoints.CheckpointError(
+        f"the {phase} phase in {manager.directory} did not finish: run it again to complete it")
+  return state["params"], meta

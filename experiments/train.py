@@ -10,8 +10,8 @@ ends with the same parameters as an uninterrupted run. The retrain phase
 (`experiments.retrain`) runs the same loop on the retained set.
 """
 
+import functools
 import os
-import time
 from typing import Any
 
 import jax
@@ -28,12 +28,8 @@ SIGNATURE_SECTIONS = ("dataset", "scenario", "model", "train")
 COMPATIBILITY_KEYS = ("phase", "model", "dataset_fingerprint", "signature")
 
 
-class TrainingInterrupted(Exception):
-  """Raised by `run_training(stop_after=...)` to simulate a killed run."""
-
-
-def checkpoint_dir(workdir: str, phase: str) -> str:
-  return os.path.join(workdir, phase, "checkpoints")
+TrainingInterrupted = common.TrainingInterrupted
+checkpoint_dir = common.checkpoint_dir
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
@@ -51,7 +47,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
       checkpoint) after this many steps of this process; simulates a kill.
 
   Returns:
-    A summary dict: test/train accuracy, wall time, steps, throughput.
+    A summary dict: test/train accuracy, wall time, steps.
   """
   tc = config.train
   mesh = parallel.make_mesh()
@@ -66,72 +62,39 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
   expected_meta = checkpoints.base_meta(
       phase, model=spec, dataset_fingerprint=data.fingerprint(),
       signature=common.signature(config, SIGNATURE_SECTIONS), num_examples=int(len(indices)),
-      config=config.to_dict())
+      steps=int(tc.steps), config=config.to_dict())
 
   init_key, data_key = jax.random.split(jax.random.key(config.seed))
   replicated = parallel.replicated(mesh)
 
-  def init(key):
-    state = train.init_train_state(model.init_fn, tx, key)
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def init():
+    state = train.init_train_state(model.init_fn, tx, init_key)
     # The key that orders the data travels with the state, so a resumed run
     # continues the same batch sequence.
     return {**state, "rng": jax.random.key_data(data_key)}
 
-  init = jax.jit(init, out_shardings=replicated)
   manager = checkpoints.open_manager(checkpoint_dir(workdir, phase))
-  elapsed_before = 0.0
-  if manager.latest_step() is not None:
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                            jax.eval_shape(init, init_key))
-    state, _, meta = checkpoints.restore(manager, abstract, expected_meta=expected_meta,
-                                         check_keys=COMPATIBILITY_KEYS)
-    elapsed_before = float(meta.get("elapsed_seconds", 0.0))
-    common.log(f"[{phase}] resuming from step {int(state['step'])} in {manager.directory}")
-  else:
-    state = init(init_key)
-
-  step_fn = train.make_train_step(model.apply_fn, tx, loss_fn=loss_fn, mesh=mesh)
+  state, elapsed_before = common.restore_or_init(
+      phase=phase, manager=manager, init=init, sharding=replicated, expected_meta=expected_meta,
+      check_keys=COMPATIBILITY_KEYS)
   data_seed = int(jax.random.randint(jax.random.wrap_key_data(state["rng"]), (), 0, 2**31 - 1))
   local = fj_data.process_batch_slice(tc.batch_size)
   images, labels = data.pool.images, data.pool.labels
-  writer = common.MetricWriter(os.path.join(workdir, phase))
-  start = int(state["step"])
-  bar = common.progress(tc.steps, desc=phase, initial=start, enabled=tc.get("progress", True))
-  splits = data.splits.to_arrays()
-  t0 = time.perf_counter()
 
-  def save(step):
-    meta = {**expected_meta, "elapsed_seconds": elapsed_before + time.perf_counter() - t0}
-    checkpoints.save(manager, step, state=state, meta=meta, splits=splits)
-
-  for step in range(start, tc.steps):
+  def make_batch(step):
     batch_idx = indices[fj_data.batch_indices(len(indices), tc.batch_size, step, seed=data_seed)]
     batch_idx = batch_idx[local]
-    batch = parallel.shard_batch({"image": images[batch_idx], "label": labels[batch_idx]}, mesh)
-    state, metrics = step_fn(state, batch)
-    metrics = parallel.block(metrics)
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-      manager.wait_until_finished()
-      raise FloatingPointError(
-          f"[{phase}] training loss became {loss} at step {step + 1}; lower "
-          f"train.learning_rate (now {tc.learning_rate}). The last good checkpoint "
-          f"(step {manager.latest_step()}) in {manager.directory} is untouched.")
-    bar.update(1)
-    if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
-      bar.set_postfix(loss=f"{loss:.4f}", acc=f"{float(metrics['accuracy']):.3f}")
-      writer.write(step + 1, loss=loss, accuracy=float(metrics["accuracy"]))
-    if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
-      save(step + 1)
-    if stop_after is not None and step + 1 - start >= stop_after and step + 1 < tc.steps:
-      manager.wait_until_finished()
-      bar.close()
-      raise TrainingInterrupted(f"stopped after step {step + 1}")
-  bar.close()
-  if start == tc.steps:
-    common.log(f"[{phase}] already complete at step {start}")
-  manager.wait_until_finished()
-  train_seconds = elapsed_before + time.perf_counter() - t0
+    return parallel.shard_batch({"image": images[batch_idx], "label": labels[batch_idx]}, mesh)
+
+  state, train_seconds = common.run_steps(
+      phase=phase, state=state,
+      step_fn=train.make_train_step(model.apply_fn, tx, loss_fn=loss_fn, mesh=mesh),
+      make_batch=make_batch, num_steps=tc.steps, manager=manager, meta=expected_meta,
+      splits=data.splits.to_arrays(), log_every=tc.log_every,
+      checkpoint_every=tc.checkpoint_every, writer=common.MetricWriter(os.path.join(workdir, phase)),
+      show_progress=tc.get("progress", True), elapsed_before=elapsed_before,
+      stop_after=stop_after, hint=f"lower train.learning_rate (now {tc.learning_rate}).")
 
   predict = train.make_predict_fn(model.apply_fn, mesh)
   test_metrics = train.evaluate(predict, state["params"], data.test.images, data.test.labels,
@@ -147,8 +110,6 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
   }
   if common.is_main_process():
     common.write_json(os.path.join(workdir, phase, "summary.json"), summary)
-  writer.write(int(tc.steps), **{f"final_{k}": v for k, v in summary.items()
-                                 if isinstance(v, float)})
   return summary
 
 

@@ -133,20 +133,24 @@ def check_compatible(stored: Mapping[str, Any], expected: Mapping[str, Any], *,
     raise CheckpointError(f"checkpoint in {where} is incompatible:\n" + "\n".join(problems))
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any, *, step: int | None = None,
+def restore(manager: ocp.CheckpointManager, abstract_state: Any = None, *, step: int | None = None,
             expected_meta: Mapping[str, Any] | None = None,
-            check_keys: Iterable[str] = ("phase",)) -> tuple[Any, dict[str, np.ndarray], dict]:
+            check_keys: Iterable[str] = ("phase",),
+            expected_params: Any = None) -> tuple[Any, dict[str, np.ndarray], dict]:
   """Restores `(state, splits, meta)` of `step` (default: the latest).
 
   Args:
     manager: a manager from `open_manager`.
     abstract_state: pytree of `jax.ShapeDtypeStruct` (with shardings) giving
-      the structure to restore into, e.g. from `jax.eval_shape`.
+      the structure to restore into, e.g. from `jax.eval_shape`; its shapes
+      must match the stored ones. `None` reads the state as it was saved
+      (on the default device), e.g. to read another phase's parameters.
     step: which step; `None` for the latest.
     expected_meta: if given, compared with the stored meta on `check_keys`
       before any array is read.
-    check_keys: meta keys that must agree with `expected_meta`. The parameter
-      shapes are always compared with `abstract_state`.
+    check_keys: meta keys that must agree with `expected_meta`.
+    expected_params: pytree of arrays or `ShapeDtypeStruct`s that the stored
+      `state["params"]` must match in structure, shapes and dtypes.
 
   Returns:
     `(state, splits, meta)`; `splits` is `{}` when none were saved.
@@ -156,14 +160,20 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, *, step: int | 
   meta = read_meta(manager, step)
   if expected_meta is not None:
     check_compatible(meta, expected_meta, keys=check_keys, where=where)
-  stored_state = manager.item_metadata(step)["state"]
-  have = param_signature(stored_state.tree if hasattr(stored_state, "tree") else stored_state)
-  want = param_signature(abstract_state)
-  if have != want:
-    raise CheckpointError(f"checkpoint in {where} does not match the expected model/state:\n"
-                          + _diff_signatures(have, want))
+  item_metadata = manager.item_metadata(step)
+  stored = item_metadata["state"]
+  stored = stored.tree if hasattr(stored, "tree") else stored
+  for have, want in ((stored, abstract_state),
+                     (stored.get("params") if isinstance(stored, Mapping) else None,
+                      expected_params)):
+    if want is None:
+      continue
+    have, want = param_signature(have), param_signature(want)
+    if have != want:
+      raise CheckpointError(f"checkpoint in {where} does not match the expected model/state:\n"
+                            + _diff_signatures(have, want))
   items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if manager.item_metadata(step).get("splits") is not None:
+  if item_metadata.get("splits") is not None:
     items["splits"] = ocp.args.StandardRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   splits = restored.get("splits") or {}

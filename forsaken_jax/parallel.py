@@ -3,7 +3,7 @@
 One 1-D `("data",)` mesh over all devices is the default: batches are split
 along it and parameters are replicated, so the same code runs on one CPU, 8
 fake CPU devices, a GPU box or a TPU pod slice. Stacked shadow models use a
-`("model",)` axis instead (see `model_sharding`).
+`("model",)` axis instead (see `forsaken_jax.mia.shadow.stacked_sharding`).
 """
 
 from typing import Any

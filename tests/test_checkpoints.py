@@ -65,3 +65,16 @@ def test_meta_must_name_phase(tmp_path):
   manager = checkpoints.open_manager(str(tmp_path / "x"))
   with pytest.raises(ValueError, match="phase"):
     checkpoints.save(manager, 0, state={"a": jnp.ones(2)}, meta={})
+
+
+def test_restore_without_target_checks_expected_params(tmp_path):
+  state = _state((8,))
+  manager = checkpoints.open_manager(str(tmp_path / "train"))
+  checkpoints.save(manager, 3, state=state, meta=checkpoints.base_meta("train"))
+  manager.wait_until_finished()
+  restored, splits, _ = checkpoints.restore(manager, expected_params=_abstract(state["params"]))
+  assert splits == {}
+  np.testing.assert_array_equal(restored["params"]["Dense_0"]["kernel"],
+                                state["params"]["Dense_0"]["kernel"])
+  with pytest.raises(checkpoints.CheckpointError, match="Dense_0/kernel"):
+    checkpoints.restore(manager, expected_params=_abstract(_state((16,))["params"]))

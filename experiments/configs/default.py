@@ -56,6 +56,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.progress = True
 
+  config.shadow = ml_collections.ConfigDict()
+  config.shadow.num_models = 16  # LiRA / U-LiRA shadow models (even)
+  config.shadow.num_shokri_models = 4  # Shokri shadow models on the disjoint shadow split (even)
+  config.shadow.steps = 0  # 0 = train.steps: shadows are trained like the target
+  config.shadow.checkpoint_every = 500
+
+  config.unlearn = ml_collections.ConfigDict()
+  config.unlearn.generator = "coordinatewise"  # "coordinatewise" | "dense"
+  config.unlearn.objective = "confidence_matching"  # | "paper" | "mean_posterior"
+  config.unlearn.lr = 1.0  # eta in theta' = theta - eta * g
+  config.unlearn.l1_weight = 0.01  # lambda
+  config.unlearn.retain_weight = 10.0  # weight of omega(theta'); 0 = the paper's loss
+  config.unlearn.generator_lr = 1e-3  # Adam on the generator's parameters
+  config.unlearn.mask_fraction = 1.0  # neuron masking: fraction of units the dummy gradient may touch
+  config.unlearn.max_steps = 100
+  config.unlearn.patience = 20
+  config.unlearn.stop_at_target = True
+  config.unlearn.num_retain_batches = 10
+  config.unlearn.batch_size = 128
+  config.unlearn.num_reference = 1_280
+  config.unlearn.checkpoint_every = 50
+
+  config.evaluate = ml_collections.ConfigDict()
+  config.evaluate.shokri_features = "sorted_label"  # "sorted" (label-agnostic) | "sorted_label"
+  config.evaluate.shokri_per_class = False
+  config.evaluate.lira_fixed_variance = False
+
   if arg == "runlocal":
     config.scenario.num_members = 1_000
     config.scenario.num_nonmembers = 400
@@ -67,6 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.steps = 200
     config.train.log_every = 50
     config.train.checkpoint_every = 100
+    config.shadow.num_models = 8
+    config.shadow.num_shokri_models = 2
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
   return config

@@ -32,6 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "runlocal":
     config.train.steps = 30
     config.train.checkpoint_every = 10
+    config.shadow.num_models = 4
+    config.shadow.num_shokri_models = 2
+    config.shadow.checkpoint_every = 10
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
   return config

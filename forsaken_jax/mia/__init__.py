@@ -10,6 +10,9 @@ Scores are oriented so that higher always means "more likely a member".
   unlearning distinguishability.
 * `shokri`: the shadow-model attack classifier.
 * `forgetting`: the forgetting rate of "Learn to Forget".
+* `shadow`: many shadow models trained at once (`jax.vmap` over stacked params).
+* `audit`: oracles fitted once and applied to original, unlearned and
+  retrained models; forgetting rates per oracle.
 """
 
 from forsaken_jax.mia.forgetting import ForgettingRate, forgetting_rate
@@ -48,6 +51,17 @@ from forsaken_jax.mia.stats import (
     top1_confidence,
     true_class_confidence,
 )
+from forsaken_jax.mia.shadow import (
+    init_stacked_state,
+    make_stacked_predict_fn,
+    make_stacked_train_step,
+    model_mesh,
+    shadow_batch_indices,
+    shard_stacked,
+    stack,
+    stacked_sharding,
+    unstack,
+)
 from forsaken_jax.mia.threshold import ThresholdAttack, fit_threshold, predict_member
 
 __all__ = [
@@ -66,21 +80,30 @@ __all__ = [
     "entropy",
     "fit_shokri_attack",
     "fit_threshold",
+    "init_stacked_state",
     "forgetting_rate",
     "lira_offline",
     "lira_online",
     "logit_scaled_confidence",
     "loss",
+    "make_stacked_predict_fn",
+    "make_stacked_train_step",
+    "model_mesh",
     "membership_score",
     "modified_entropy",
     "predict_member",
     "roc_auc",
     "roc_curve",
+    "shadow_batch_indices",
+    "shard_stacked",
     "shokri_predict",
     "shokri_scores",
+    "stack",
+    "stacked_sharding",
     "summarize",
     "top1_confidence",
     "tpr_at_fpr",
     "true_class_confidence",
+    "unstack",
     "unlearning_distinguishability",
 ]

@@ -270,6 +270,12 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be positive, got {chunk_size}")
   full_mask = masking.concrete_mask(params, mask) if mask is not None else None
+  masked_indices = None
+  if full_mask is not None:
+    masked_indices = np.flatnonzero(np.concatenate(
+        [np.reshape(m, -1) for m in jax.tree.leaves(full_mask)])).astype(np.int32)
+    if masked_indices.size == 0:
+      raise ValueError("mask selects no parameters")
 
   def init(key: jax.Array) -> GenParams:
     return _coordinatewise_init(key, num_classes, hidden, float(output_scale))
@@ -299,11 +305,18 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
         for triple in triples
     ])
     total = x.shape[0]
-    chunk = min(chunk_size, total)
-    num_chunks = -(-total // chunk)
-    x = jnp.pad(x, ((0, num_chunks * chunk - total), (0, 0)))
+    if masked_indices is not None:
+      # Only the coordinates the mask lets change go through the MLP: with
+      # neuron masking that is a small fraction of the model.
+      x = x[masked_indices]
+    count = x.shape[0]
+    chunk = min(chunk_size, count)
+    num_chunks = -(-count // chunk)
+    x = jnp.pad(x, ((0, num_chunks * chunk - count), (0, 0)))
     x = x.reshape(num_chunks, chunk, _NUM_FEATURES)
-    flat = jax.lax.map(lambda xc: mlp(gen_params, context_h, xc), x).reshape(-1)
+    flat = jax.lax.map(lambda xc: mlp(gen_params, context_h, xc), x).reshape(-1)[:count]
+    if masked_indices is not None:
+      flat = jnp.zeros((total,), flat.dtype).at[masked_indices].set(flat)
     out, start = [], 0
     for theta in thetas:
       size = math.prod(jnp.shape(theta))

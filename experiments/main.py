@@ -1,0 +1,44 @@
+"""The main job: train -> shadow models -> unlearn -> retrain -> evaluate.
+
+    python -m experiments.main                     # experiments/configs/default.py, runs/default
+    python -m experiments.main --config experiments/configs/random10.py --workdir runs/random10
+
+Each phase writes only its own directory under the workdir, reads upstream
+phases read-only, and resumes from its last checkpoint: rerunning the command
+after an interruption continues where it stopped, and skips finished phases.
+Ends by printing the audit's summary table (also in
+`<workdir>/evaluate/report.md`).
+"""
+
+import os
+import time
+
+import ml_collections
+
+from experiments import cli, common
+from experiments import evaluate as evaluate_phase
+from experiments import retrain as retrain_phase
+from experiments import shadow as shadow_phase
+from experiments import train as train_phase
+from experiments import unlearn as unlearn_phase
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every phase in order and returns the evaluate phase's metrics."""
+  start = time.perf_counter()
+  phases = (("train", train_phase.train_and_evaluate), ("shadow", shadow_phase.train_shadows),
+            ("unlearn", unlearn_phase.unlearn), ("retrain", retrain_phase.retrain),
+            ("evaluate", evaluate_phase.evaluate))
+  results = None
+  for index, (name, phase_fn) in enumerate(phases, 1):
+    common.log(f"\n== phase {index}/{len(phases)}: {name} ==")
+    results = phase_fn(config, workdir)
+  common.log(f"\npipeline finished in {time.perf_counter() - start:.0f} s; "
+             f"report: {os.path.join(workdir, 'evaluate', 'report.md')}")
+  return results
+
+
+if __name__ == "__main__":
+  cli.run(run_pipeline, default_config=DEFAULT_CONFIG, default_workdir="runs/default")

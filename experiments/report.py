@@ -1,0 +1,190 @@
+"""Tables and plots of the evaluate phase (markdown, PNG)."""
+
+import json
+import os
+from typing import Any, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from forsaken_jax import mia  # pylint: disable=wrong-import-position
+
+MODEL_LABELS = {"original": "original", "unlearned": "Forsaken", "retrained": "retrained"}
+# The phase that writes each audited model.
+MODEL_PHASES = {"original": "train", "unlearned": "unlearn", "retrained": "retrain"}
+ORACLE_LABELS = {"shokri": "Shokri shadow-model attack", "lira": "LiRA (online)",
+                 "lira_offline": "LiRA (offline)", "loss": "loss threshold"}
+# Which summary field holds each phase's wall time.
+_PHASE_TIMES = {"train": "train_seconds", "shadow": "shadow_seconds",
+                "unlearn": "unlearn_seconds", "retrain": "train_seconds"}
+
+
+def phase_seconds(workdir: str) -> dict[str, float]:
+  """Wall time of each phase that has run, from its `summary.json`."""
+  out = {}
+  for phase, field in _PHASE_TIMES.items():
+    path = os.path.join(workdir, phase, "summary.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out[phase] = float(json.load(f)[field])
+  return out
+
+
+def _pct(x: float | None) -> str:
+  return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _fr(entry: Mapping[str, Any] | None) -> str:
+  if entry is None:
+    return "n/a"
+  if entry["rate"] is None:
+    return f"undefined (B_T=0)"
+  return f"{100 * entry['rate']:.1f}% (B_T={entry['b_t']}, A_F={entry['a_f']})"
+
+
+def headline_table(results: Mapping[str, Any]) -> str:
+  """The one table the main job prints: utility, forgetting, privacy, time."""
+  models = [m for m in MODEL_LABELS if m in results["accuracy"]]
+  header = "| | " + " | ".join(MODEL_LABELS[m] for m in models) + " |"
+  lines = [header, "| --- |" + " ---: |" * len(models)]
+
+  def row(name, values):
+    lines.append(f"| {name} | " + " | ".join(values) + " |")
+
+  acc = results["accuracy"]
+  row("test accuracy", [_pct(acc[m]["test"]) for m in models])
+  row("forget-set accuracy", [_pct(acc[m]["forget"]) for m in models])
+  row("retained-set accuracy", [_pct(acc[m]["retain"]) for m in models])
+  fr = results.get("forgetting_rate", {})
+  for oracle in ("shokri", "lira", "loss"):
+    row(f"FR, {ORACLE_LABELS[oracle]}",
+        ["—" if m == "original" else _fr(fr.get(m, {}).get(oracle)) for m in models])
+  forget_attack = results["attack_forget_vs_matched_nonmembers"]
+  row("LiRA AUC, forget vs unseen look-alikes", [f"{forget_attack[m]['lira']['auc']:.3f}"
+                                                 for m in models])
+  seconds = results.get("wall_seconds", {})
+  row("wall time (s)", [f"{seconds[MODEL_PHASES[m]]:.1f}" if MODEL_PHASES[m] in seconds
+                        else "n/a" for m in models])
+  if "unlearn" in seconds and "retrain" in seconds:
+    lines.append(f"\nunlearning took {100 * seconds['unlearn'] / seconds['retrain']:.1f}% of the "
+                 "retraining time.")
+  if "ulira" in results:
+    lines.append(f"U-LiRA: unlearned vs retrained forget-set scores, AUC "
+                 f"{results['ulira']['auc']:.3f} (0.5 = indistinguishable).")
+  return "\n".join(lines)
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+  """The full report."""
+  models = [m for m in MODEL_LABELS if m in results["accuracy"]]
+  out = [f"# Membership-inference audit: {results['dataset']}, scenario {results['scenario']}",
+         "",
+         f"Forget set: {results['num_forget']} samples; retained members: {results['num_retain']}; "
+         f"non-members: {results['num_nonmembers']} ({results['num_matched_nonmembers']} "
+         "resembling the forget set). Shadow models: "
+         f"{results['num_lira_shadow_models']} LiRA, {results['num_shokri_shadow_models']} Shokri.",
+         "", "## Summary", "", headline_table(results), "",
+         "FR = (A_F - B_F) / B_T over the forget set (B_T: judged member by the oracle on the "
+         "original model; A_F: judged non-member after). The retrained model's FR is the "
+         "ceiling a perfect unlearner reaches with the same oracle.", ""]
+
+  out += ["## Accuracy", "", "| model | test | retained | forget | non-members |",
+          "| --- | ---: | ---: | ---: | ---: |"]
+  for m in models:
+    a = results["accuracy"][m]
+    out.append(f"| {MODEL_LABELS[m]} | {_pct(a['test'])} | {_pct(a['retain'])} | "
+               f"{_pct(a['forget'])} | {_pct(a['nonmember'])} |")
+
+  for key, title in (("attack_retain_vs_nonmembers", "retained members vs non-members"),
+                     ("attack_forget_vs_matched_nonmembers",
+                      "forget set vs non-members resembling it")):
+    out += ["", f"## Attacks: {title}", "",
+            "| model | oracle | AUC | balanced acc. | TPR @ 0.1% FPR | TPR @ 1% FPR |",
+            "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for m in models:
+      for oracle, s in results[key][m].items():
+        out.append(f"| {MODEL_LABELS[m]} | {ORACLE_LABELS[oracle]} | {s['auc']:.3f} | "
+                   f"{s['balanced_accuracy']:.3f} | {_pct(s['tpr_at_fpr_0.001'])} | "
+                   f"{_pct(s['tpr_at_fpr_0.01'])} |")
+
+  out += ["", "## Judged member on the forget set", "",
+          "| model | " + " | ".join(ORACLE_LABELS[o] for o in ("shokri", "lira", "loss")) + " |",
+          "| --- | ---: | ---: | ---: |"]
+  for m in models:
+    rates = results["judged_member_rate_on_forget"][m]
+    out.append(f"| {MODEL_LABELS[m]} | " + " | ".join(_pct(rates[o])
+                                                    for o in ("shokri", "lira", "loss")) + " |")
+  out += ["", "## Controls", "",
+          f"- LiRA between two random halves of the non-members (no model trained on either): "
+          f"AUC {results['control_nonmember_halves_lira_auc']:.3f} (expected ~0.5).",
+          f"- Shokri attack classifier, balanced accuracy on its own shadow data: "
+          f"{results['shokri_attack_train_balanced_accuracy']:.3f}.",
+          f"- Loss-threshold oracle: member when loss < {-results['loss_threshold']:.4g}."]
+  if results.get("plots"):
+    out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in results["plots"]]
+  return "\n".join(out) + "\n"
+
+
+def plot_all(out_dir: str, *, scores: Mapping[str, Mapping[str, np.ndarray]],
+             masks: Mapping[str, np.ndarray], lira_stats: Mapping[str, np.ndarray]) -> list[str]:
+  """Writes the ROC and histogram plots; returns their file names."""
+  files = []
+  colors = {"original": "tab:red", "unlearned": "tab:blue", "retrained": "tab:green"}
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+  for ax, (title, pos) in zip(axes, (("forget set vs unseen look-alikes", "forget"),
+                                     ("retained members vs non-members", "retain"))):
+    neg = "matched" if pos == "forget" else "nonmember"
+    for name, s in scores.items():
+      fpr, tpr, _ = mia.roc_curve(s["lira"][masks[pos]], s["lira"][masks[neg]])
+      auc = float(mia.roc_auc(s["lira"][masks[pos]], s["lira"][masks[neg]]))
+      ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), color=colors[name],
+              label=f"{MODEL_LABELS[name]} (AUC {auc:.3f})")
+    grid = np.logspace(-4, 0, 50)
+    ax.plot(grid, grid, "k:", lw=1, label="chance")
+    ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1.05),
+           xlabel="false-positive rate", ylabel="true-positive rate", title=f"LiRA: {title}")
+    ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  files.append(_save(fig, out_dir, "roc_lira.png"))
+
+  fig, ax = plt.subplots(figsize=(5.5, 4.8))
+  original = scores["original"]
+  for oracle in ("lira", "lira_offline", "shokri", "loss"):
+    fpr, tpr, _ = mia.roc_curve(original[oracle][masks["retain"]],
+                                original[oracle][masks["nonmember"]])
+    ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4), label=ORACLE_LABELS[oracle])
+  grid = np.logspace(-4, 0, 50)
+  ax.plot(grid, grid, "k:", lw=1)
+  ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1.05),
+         xlabel="false-positive rate", ylabel="true-positive rate",
+         title="original model: every oracle")
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  files.append(_save(fig, out_dir, "roc_oracles_original.png"))
+
+  fig, axes = plt.subplots(1, len(lira_stats), figsize=(4.5 * len(lira_stats), 3.8), sharey=True,
+                           squeeze=False)
+  groups = (("retain", "retained members", "tab:red"), ("nonmember", "non-members", "tab:gray"),
+            ("forget", "forget set", "tab:blue"), ("matched", "unseen look-alikes", "tab:orange"))
+  all_values = np.concatenate(list(lira_stats.values()))
+  bins = np.linspace(np.percentile(all_values, 0.5), np.percentile(all_values, 99.5), 50)
+  for ax, (name, values) in zip(axes[0], lira_stats.items()):
+    for key, label, color in groups:
+      ax.hist(np.clip(values[masks[key]], bins[0], bins[-1]), bins=bins, density=True,
+              histtype="step", lw=1.5, color=color, label=label)
+    ax.set(title=MODEL_LABELS[name], xlabel="logit-scaled confidence log(p_y / (1 - p_y))")
+  axes[0][0].set_ylabel("density")
+  axes[0][-1].legend(fontsize=8)
+  fig.tight_layout()
+  files.append(_save(fig, out_dir, "hist_confidence.png"))
+  return files
+
+
+def _save(fig, out_dir: str, name: str) -> str:
+  fig.savefig(os.path.join(out_dir, name), dpi=110)
+  plt.close(fig)
+  return name

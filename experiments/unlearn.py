@@ -1,0 +1,215 @@
+"""The unlearn phase: Forsaken removes the forget set from the trained model.
+
+    python -m experiments.unlearn --config experiments/configs/default.py --workdir runs/default
+
+Reads the train phase's final model and splits (read-only) and writes
+`<workdir>/unlearn/checkpoints` (the unlearned parameters, the generator's
+state and the loop state) plus `<workdir>/unlearn/summary.json`. Resumable:
+the loop state is checkpointed every `unlearn.checkpoint_every` steps.
+
+Inputs of the generator, all drawn from the splits:
+
+- D_u, the forget set, as one batch;
+- D_r, `unlearn.num_retain_batches` batches of retained members, cycled;
+- D_n, the reference non-members: unseen samples of the forget set's own
+  kind (unseen OOD patches for the OOD scenario, unseen in-distribution
+  samples for random forget sets); for a forgotten class, unseen samples of
+  the *other* classes, so the paper's reference gives the class no mass.
+
+Stopping target (computable without retraining): a threshold on the
+logit-scaled confidence is fitted between D_u and D_n on the original model
+(`mia.fit_threshold`); the loop stops once the forget set falls below it at
+the rate D_n does, i.e. once the forget set looks like non-members to that
+oracle.
+
+The wall time reported is that of the unlearning itself, from the loaded
+model to the unlearned one (saliency, reference, generator, compilation and
+the loop included), the counterpart of the retrain phase's training time.
+"""
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import cli, common
+from forsaken_jax import checkpoints, mia, parallel, unlearn as fj_unlearn
+from forsaken_jax import data as fj_data
+
+PHASE = "unlearn"
+SIGNATURE_SECTIONS = ("dataset", "scenario", "model", "train", "unlearn")
+COMPATIBILITY_KEYS = ("phase", "model", "dataset_fingerprint", "signature")
+
+
+def reference_indices(data: fj_data.ExperimentData, scenario: ml_collections.ConfigDict
+                      ) -> np.ndarray:
+  """Pool indices of D_n, the non-members the forget set should come to resemble."""
+  nonmembers = data.splits.nonmembers
+  if scenario.kind == "ood":
+    chosen = nonmembers[data.is_ood[nonmembers]]
+  elif scenario.kind == "class":
+    chosen = nonmembers[(data.pool.labels[nonmembers] != scenario.forget_class)
+                        & ~data.is_ood[nonmembers]]
+  else:
+    chosen = nonmembers[~data.is_ood[nonmembers]]
+  if len(chosen) == 0:
+    raise ValueError(f"no reference non-members for scenario {scenario.kind!r}: the splits hold "
+                     "none of the forget set's kind (raise scenario.num_nonmembers / num_ood)")
+  return chosen
+
+
+def forget_batch(data: fj_data.ExperimentData, forget: np.ndarray) -> dict[str, np.ndarray]:
+  """The forget set as one batch, after checking it against the training set.
+
+  Raises:
+    ValueError: the forget set is empty, has duplicates or out-of-range
+      indices, or is not a subset of the members the model was trained on.
+  """
+  forget = fj_data.check_forget_set(forget, data.splits.members)
+  return {"image": data.pool.images[forget], "label": data.pool.labels[forget]}
+
+
+def _stacked_retain(data, rng, num_batches, batch_size):
+  retain = data.splits.retain
+  size = min(num_batches * batch_size, len(retain))
+  size -= size % batch_size
+  if size == 0:
+    raise ValueError(f"unlearn.batch_size={batch_size} exceeds the {len(retain)} retained members")
+  idx = rng.choice(retain, size=size, replace=False).reshape(-1, batch_size)
+  return {"image": data.pool.images[idx], "label": data.pool.labels[idx]}
+
+
+def unlearn(config: ml_collections.ConfigDict, workdir: str,
+            stop_after: int | None = None) -> dict[str, Any]:
+  """Runs the unlearn phase (see the module docstring).
+
+  Args:
+    config: the experiment config (section `unlearn`).
+    workdir: the run directory; writes only `<workdir>/unlearn/`.
+    stop_after: stop after this many loop steps of this process without the
+      final checkpoint (simulates a kill; tests use it).
+
+  Returns:
+    The phase summary (also written to `summary.json`).
+  """
+  uc = config.unlearn
+  data, _ = common.load_upstream_data(config, workdir)
+  original, _ = common.load_phase_params(config, workdir, "train", data)
+  spec = common.model_spec(config, data)
+  model = common.create_model(spec)
+  rng = np.random.default_rng([config.seed, 3])
+  forget = forget_batch(data, data.splits.forget)
+  retain = _stacked_retain(data, rng, uc.num_retain_batches, uc.batch_size)
+  ref_idx = reference_indices(data, config.scenario)
+  ref_idx = rng.choice(ref_idx, size=min(len(ref_idx), uc.num_reference), replace=False)
+  nonmember = {"image": data.pool.images[ref_idx], "label": data.pool.labels[ref_idx]}
+  mesh = parallel.make_mesh(1)  # a few hundred examples: one device is fastest
+  forget, retain, nonmember, original = jax.device_put((forget, retain, nonmember, original),
+                                                       parallel.replicated(mesh))
+
+  start = time.perf_counter()
+  mask = None
+  if uc.mask_fraction < 1.0:
+    saliency = fj_unlearn.unit_saliency(model.apply_fn, original, forget,
+                                        jax.tree.map(lambda x: x[0], retain))
+    mask = jax.device_get(fj_unlearn.neuron_mask(original, saliency, fraction=uc.mask_fraction))
+  generator = fj_unlearn.make_generator(
+      uc.generator, original, num_classes=spec["num_classes"], mask=mask)
+  reference = fj_unlearn.compute_reference(model.apply_fn, original, nonmember,
+                                           objective=uc.objective)
+  # The stopping oracle: a threshold on the logit-scaled confidence between the
+  # forget set (members) and D_n (non-members) on the original model.
+  forget_scores = mia.logit_scaled_confidence(model.apply_fn(original, forget["image"]),
+                                              forget["label"])
+  ref_scores = mia.logit_scaled_confidence(model.apply_fn(original, nonmember["image"]),
+                                           nonmember["label"])
+  oracle = mia.fit_threshold(forget_scores, ref_scores)
+  target_rate = float(np.mean(np.asarray(ref_scores) < float(oracle.threshold)))
+  threshold = jnp.asarray(oracle.threshold if uc.stop_at_target else -jnp.inf, jnp.float32)
+  forsaken = fj_unlearn.make_forsaken(
+      model.apply_fn, generator, objective=uc.objective, lr=uc.lr, l1_weight=uc.l1_weight,
+      retain_weight=uc.retain_weight, gen_optimizer=optax.adam(uc.generator_lr), mask=mask,
+      max_steps=uc.max_steps, patience=uc.patience)
+  state = forsaken.init(jax.random.fold_in(jax.random.key(config.seed), 4), original, forget,
+                        retain, reference)
+  setup_seconds = time.perf_counter() - start
+
+  expected_meta = checkpoints.base_meta(
+      PHASE, model=spec, dataset_fingerprint=data.fingerprint(),
+      signature=common.signature(config, SIGNATURE_SECTIONS), config=config.to_dict(),
+      complete=False)
+  manager = checkpoints.open_manager(common.checkpoint_dir(workdir, PHASE))
+  # The loop state is saved as a dict (its "params" entry is the model), so
+  # other phases can read the unlearned parameters without this module.
+  restored, elapsed_before = common.restore_or_init(
+      phase=PHASE, manager=manager, init=state._asdict, sharding=parallel.replicated(mesh),
+      expected_meta=expected_meta, check_keys=COMPATIBILITY_KEYS)
+  state = fj_unlearn.ForsakenState(**restored)
+  already_complete = int(state.stop_reason) != fj_unlearn.STOP_RUNNING
+  loop_start = time.perf_counter()
+
+  def save(state, complete):
+    meta = {**expected_meta, "complete": complete,
+            "elapsed_seconds": elapsed_before + setup_seconds + time.perf_counter() - loop_start}
+    checkpoints.save(manager, int(state.step), state=state._asdict(), meta=meta)
+
+  target_rate_arr = jnp.asarray(target_rate, jnp.float32)
+  bar = common.progress(uc.max_steps, desc=PHASE, initial=int(state.step),
+                        enabled=config.train.get("progress", True))
+  steps_this_run = 0
+  while int(state.stop_reason) == fj_unlearn.STOP_RUNNING:
+    state, info = parallel.block(forsaken.step(state, forget, retain, reference, threshold,
+                                               target_rate_arr))
+    steps_this_run += 1
+    bar.update(1)
+    bar.set_postfix(loss=f"{float(info['loss']):.4f}",
+                    nonmember_rate=f"{float(info['nonmember_rate']):.2f}")
+    running = int(state.stop_reason) == fj_unlearn.STOP_RUNNING
+    if running and int(state.step) % uc.checkpoint_every == 0:
+      save(state, complete=False)
+    if running and stop_after is not None and steps_this_run >= stop_after:
+      manager.wait_until_finished()
+      bar.close()
+      raise common.TrainingInterrupted(f"[{PHASE}] stopped after step {int(state.step)}")
+  bar.close()
+  if already_complete:
+    unlearn_seconds = elapsed_before
+    common.log(f"[{PHASE}] already complete in {manager.directory}")
+  else:
+    unlearn_seconds = elapsed_before + setup_seconds + time.perf_counter() - loop_start
+    save(state, complete=True)
+    manager.wait_until_finished()
+
+  info = fj_unlearn.summarize(state)
+  if info["accepted"] == 0 and info["nonfinite"] == info["steps"]:
+    raise FloatingPointError(
+        f"[{PHASE}] every generator step gave a non-finite loss; the model was left unchanged "
+        f"and no unlearned model was produced. Lower unlearn.lr (now {uc.lr}) or "
+        f"unlearn.generator_lr (now {uc.generator_lr}).")
+  if info["nonfinite"]:
+    common.log(f"[{PHASE}] {info['nonfinite']} of {info['steps']} generator steps had a "
+               "non-finite loss and were rejected (the model was not changed by them)")
+  summary = {
+      "phase": PHASE, "unlearn_seconds": unlearn_seconds, "steps": info["steps"],
+      "accepted_steps": info["accepted"], "nonfinite_steps": info["nonfinite"],
+      "stop_reason": info["stop_reason"], "best_loss": info["best_loss"],
+      "target_threshold": float(oracle.threshold), "target_rate": target_rate,
+      "num_forget": int(len(data.splits.forget)), "num_reference": int(len(ref_idx)),
+      "mask_fraction": float(uc.mask_fraction), "generator": uc.generator,
+      "objective": uc.objective,
+      "loss_trace": info["loss_trace"].tolist(), "rate_trace": info["rate_trace"].tolist(),
+  }
+  if common.is_main_process():
+    common.write_json(os.path.join(workdir, PHASE, "summary.json"), summary)
+  common.log(f"[{PHASE}] {info['steps']} generator steps ({info['accepted']} accepted, stop: "
+             f"{info['stop_reason']}) in {unlearn_seconds:.2f} s")
+  return summary
+
+
+if __name__ == "__main__":
+  cli.run(unlearn)
