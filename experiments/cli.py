@@ -4,6 +4,7 @@ Flags are defined here, at call time, so that phase modules can import each
 other (the main pipeline imports every phase) without defining them twice.
 """
 
+import os
 from typing import Any, Callable
 
 from absl import app
@@ -15,23 +16,24 @@ from ml_collections import config_flags
 from experiments import common
 
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
+
+
 def run(phase_fn: Callable[[ml_collections.ConfigDict, str], Any], *,
-        default_config: str | None = None, default_workdir: str | None = None) -> None:
+        default_config: str = DEFAULT_CONFIG, default_workdir: str | None = None) -> None:
   """Parses `--config path[:arg] --config.x=... --workdir dir` and calls `phase_fn`.
 
   Args:
     phase_fn: `(config, workdir) -> anything`.
-    default_config: config file used when `--config` is not given (then the
-      flag is optional).
-    default_workdir: likewise for `--workdir`.
+    default_config: config file used when `--config` is not given.
+    default_workdir: run directory used when `--workdir` is not given; None
+      makes `--workdir` required.
   """
   config_flag = config_flags.DEFINE_config_file("config", default_config,
                                                 "Experiment config file.", lock_config=True)
   workdir_flag = flags.DEFINE_string("workdir", default_workdir, "Run directory.")
-  required = [name for name, default in (("config", default_config),
-                                         ("workdir", default_workdir)) if default is None]
-  if required:
-    flags.mark_flags_as_required(required)
+  if default_workdir is None:
+    flags.mark_flags_as_required(["workdir"])
 
   def main(argv):
     if len(argv) > 1:

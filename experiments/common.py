@@ -246,6 +246,9 @@ def run_steps(*, phase: str, state: Any, step_fn: Callable, make_batch: Callable
   from forsaken_jax import checkpoints, parallel  # pylint: disable=g-import-not-at-top
 
   start = int(np.max(np.asarray(state["step"])))
+  if start >= num_steps:
+    log(f"[{phase}] already complete at step {start}")
+    return state, elapsed_before
   bar = progress(num_steps, desc=phase, initial=start, enabled=show_progress)
   t0 = time.perf_counter()
 
@@ -375,4 +378,5 @@ def load_phase_params(config: ml_collections.ConfigDict, workdir: str, phase: st
       "steps" in meta and int(np.max(np.asarray(state["step"]))) < meta["steps"]):
     raise checkpoints.CheckpointError(
         f"the {phase} phase in {manager.directory} did not finish: run it again to complete it")
-  return state["params"], meta
+  # Host arrays: the caller places them on its own mesh (phases use different ones).
+  return jax.device_get(state["params"]), meta

@@ -72,6 +72,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       common.log(f"[evaluate] no {phase} phase in {workdir}: auditing without the {name} model")
       continue
     params[name], metas[name] = common.load_phase_params(config, workdir, phase, data)
+    # Each phase saved its parameters on its own mesh (the unlearn phase uses
+    # one device); the audit's predict function is jitted on this mesh.
+    params[name] = parallel.replicate(params[name], mesh)
 
   # Population = the target's members and non-members: the examples every
   # LiRA shadow model has an in/out opinion about.

@@ -22,9 +22,6 @@ from experiments import shadow as shadow_phase
 from experiments import train as train_phase
 from experiments import unlearn as unlearn_phase
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
-
-
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every phase in order and returns the evaluate phase's metrics."""
   start = time.perf_counter()
@@ -41,4 +38,4 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 if __name__ == "__main__":
-  cli.run(run_pipeline, default_config=DEFAULT_CONFIG, default_workdir="runs/default")
+  cli.run(run_pipeline, default_workdir="runs/default")

@@ -27,6 +27,7 @@ model to the unlearned one (saliency, reference, generator, compilation and
 the loop included), the counterpart of the retrain phase's training time.
 """
 
+import functools
 import os
 import time
 from typing import Any
@@ -113,28 +114,43 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
                                                        parallel.replicated(mesh))
 
   start = time.perf_counter()
+
+  compiler_options = uc.get("compiler_options", ml_collections.ConfigDict()).to_dict() or None
+
+  @functools.partial(jax.jit, compiler_options=compiler_options)
+  def prepare(params, forget, retain_batch, nonmember):
+    """Everything the loop needs from the original model, in one compilation."""
+    saliency = None
+    if uc.mask_fraction < 1.0:
+      saliency = fj_unlearn.unit_saliency(model.apply_fn, params, forget, retain_batch)
+    reference = fj_unlearn.compute_reference(model.apply_fn, params, nonmember,
+                                             objective=uc.objective)
+    # The stopping oracle's inputs: the forget set's and D_n's logit-scaled
+    # confidence on the original model.
+    forget_scores = mia.logit_scaled_confidence(model.apply_fn(params, forget["image"]),
+                                                forget["label"])
+    ref_scores = mia.logit_scaled_confidence(model.apply_fn(params, nonmember["image"]),
+                                             nonmember["label"])
+    return saliency, reference, forget_scores, ref_scores
+
+  saliency, reference, forget_scores, ref_scores = prepare(
+      original, forget, jax.tree.map(lambda x: x[0], retain), nonmember)
   mask = None
-  if uc.mask_fraction < 1.0:
-    saliency = fj_unlearn.unit_saliency(model.apply_fn, original, forget,
-                                        jax.tree.map(lambda x: x[0], retain))
+  if saliency is not None:
     mask = jax.device_get(fj_unlearn.neuron_mask(original, saliency, fraction=uc.mask_fraction))
   generator = fj_unlearn.make_generator(
-      uc.generator, original, num_classes=spec["num_classes"], mask=mask)
-  reference = fj_unlearn.compute_reference(model.apply_fn, original, nonmember,
-                                           objective=uc.objective)
-  # The stopping oracle: a threshold on the logit-scaled confidence between the
-  # forget set (members) and D_n (non-members) on the original model.
-  forget_scores = mia.logit_scaled_confidence(model.apply_fn(original, forget["image"]),
-                                              forget["label"])
-  ref_scores = mia.logit_scaled_confidence(model.apply_fn(original, nonmember["image"]),
-                                           nonmember["label"])
+      uc.generator, original, num_classes=spec["num_classes"], mask=mask,
+      **uc.get("generator_kwargs", ml_collections.ConfigDict()).to_dict())
+  # The stop target: a threshold between the forget set (members) and D_n
+  # (non-members) on the original model, and the rate at which D_n falls
+  # below it.
   oracle = mia.fit_threshold(forget_scores, ref_scores)
   target_rate = float(np.mean(np.asarray(ref_scores) < float(oracle.threshold)))
   threshold = jnp.asarray(oracle.threshold if uc.stop_at_target else -jnp.inf, jnp.float32)
   forsaken = fj_unlearn.make_forsaken(
       model.apply_fn, generator, objective=uc.objective, lr=uc.lr, l1_weight=uc.l1_weight,
       retain_weight=uc.retain_weight, gen_optimizer=optax.adam(uc.generator_lr), mask=mask,
-      max_steps=uc.max_steps, patience=uc.patience)
+      max_steps=uc.max_steps, patience=uc.patience, compiler_options=compiler_options)
   state = forsaken.init(jax.random.fold_in(jax.random.key(config.seed), 4), original, forget,
                         retain, reference)
   setup_seconds = time.perf_counter() - start
@@ -197,10 +213,12 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
   summary = {
       "phase": PHASE, "unlearn_seconds": unlearn_seconds, "steps": info["steps"],
       "accepted_steps": info["accepted"], "nonfinite_steps": info["nonfinite"],
-      "stop_reason": info["stop_reason"], "best_loss": info["best_loss"],
+      "stop_reason": info["stop_reason"],
+      "best_loss": info["best_loss"] if np.isfinite(info["best_loss"]) else None,
       "target_threshold": float(oracle.threshold), "target_rate": target_rate,
       "num_forget": int(len(data.splits.forget)), "num_reference": int(len(ref_idx)),
-      "mask_fraction": float(uc.mask_fraction), "generator": uc.generator,
+      "setup_seconds": setup_seconds, "mask_fraction": float(uc.mask_fraction),
+      "generator": uc.generator,
       "objective": uc.objective,
       "loss_trace": info["loss_trace"].tolist(), "rate_trace": info["rate_trace"].tolist(),
   }

@@ -194,7 +194,7 @@ def loop(tiny, stacked):
   ref = unlearn.compute_reference(apply_fn, params, nonmember, objective="confidence_matching")
   fs = unlearn.make_forsaken(apply_fn, gen, objective="confidence_matching", lr=0.05,
                              l1_weight=0.01, retain_weight=0.5, max_steps=6, patience=6,
-                             gen_optimizer=optax.adam(3e-3))
+                             gen_optimizer=optax.adam(3e-3), acceptance="best_so_far")
   state = fs.init(jax.random.key(0), params, forget, stacked, ref)
   return fs, state, ref
 
@@ -376,6 +376,35 @@ def test_greedy_acceptance(tiny, loop, stacked):
   assert not _trees_equal(new.params, params)
   np.testing.assert_allclose(new.best_loss, upd_info["loss"], rtol=1e-6)
   assert int(new.num_accepted) == 1 and int(new.since_improvement) == 0
+
+
+def test_same_batch_acceptance_compares_with_the_unchanged_model(tiny, stacked):
+  apply_fn, params, forget, _, nonmember = tiny
+  gen = unlearn.make_coordinatewise_generator(num_classes=NUM_CLASSES)
+  ref = unlearn.compute_reference(apply_fn, params, nonmember, objective="confidence_matching")
+  fs = unlearn.make_forsaken(apply_fn, gen, objective="confidence_matching", lr=0.05,
+                             retain_weight=0.5, max_steps=6, patience=6,
+                             gen_optimizer=optax.adam(3e-3))
+  state = fs.init(jax.random.key(0), params, forget, stacked, ref)
+  decisions = []
+  for _ in range(6):
+    before = state
+    state, info = fs.step(state, forget, stacked, ref, -jnp.inf, 1.0)
+    jax.block_until_ready(state)
+    # The bar is the current model's loss on this step's batches, whatever
+    # was accepted before.
+    retain_k = jax.tree.map(lambda x: x[int(before.step) % x.shape[0]], stacked)
+    _, baseline = fs.generator_update.features(before.params, forget, retain_k, ref)
+    np.testing.assert_allclose(info["baseline"], baseline, rtol=1e-5)
+    assert bool(info["accepted"]) == bool(info["loss"] < baseline)
+    decisions.append(bool(info["accepted"]))
+    if decisions[-1]:
+      np.testing.assert_allclose(state.best_loss, info["loss"], rtol=1e-6)
+    else:
+      assert _trees_equal(state.params, before.params)
+  assert any(decisions)
+  with pytest.raises(ValueError, match="acceptance"):
+    unlearn.make_forsaken(apply_fn, gen, acceptance="sometimes")
 
 
 def test_stop_max_steps_and_traces(tiny, loop, stacked):

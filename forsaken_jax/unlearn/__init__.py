@@ -17,7 +17,7 @@ or `unlearn.unlearn(...)` for all of it in one call.
 
 from forsaken_jax.unlearn.baselines import make_finetune_step, make_gradient_ascent_step
 from forsaken_jax.unlearn.forsaken import (
-    STOP_MAX_STEPS, STOP_PATIENCE, STOP_REASONS, STOP_RUNNING, STOP_TARGET, Forsaken,
+    ACCEPTANCE_RULES, STOP_MAX_STEPS, STOP_PATIENCE, STOP_REASONS, STOP_RUNNING, STOP_TARGET, Forsaken,
     ForsakenState, GeneratorState, GeneratorUpdate, UnlearnResult, apply_dummy_gradient,
     make_forsaken, make_generator_update, summarize, unlearn)
 from forsaken_jax.unlearn.generators import (
@@ -29,7 +29,7 @@ from forsaken_jax.unlearn.reference import (
 from forsaken_jax.unlearn.transform import forsaken_transform
 
 __all__ = [
-    "DENSE_MAX_WEIGHTS", "Features", "Forsaken", "ForsakenState", "GENERATORS", "Generator",
+    "ACCEPTANCE_RULES", "DENSE_MAX_WEIGHTS", "Features", "Forsaken", "ForsakenState", "GENERATORS", "Generator",
     "GeneratorState", "GeneratorUpdate", "OBJECTIVES", "STOP_MAX_STEPS", "STOP_PATIENCE",
     "STOP_REASONS", "STOP_RUNNING", "STOP_TARGET", "UnlearnResult", "apply_dummy_gradient",
     "compute_reference", "forsaken_transform", "make_coordinatewise_generator",

@@ -26,9 +26,10 @@ Choices of this reconstruction, with their knobs:
   not by itself keep test accuracy within a couple of points.
 
 The unlearning loop (`make_forsaken`) repeats generator steps from the
-current model; the model keeps a step's theta' only if its loss beats the
-best so far (greedy acceptance; the first bar is the loss of not changing
-the model at all), the generator trains every step, and the loop stops when
+current model; the model keeps a step's theta' only if the step improved L,
+i.e. its loss beats that of the current model on the same batches (greedy
+acceptance; `acceptance="best_so_far"` compares with the best accepted loss
+instead, as the port does), the generator trains every step, and the loop stops when
 the forget set reaches a target membership rate, after `patience` steps
 without improvement, or after `max_steps`. A step whose loss, meta-gradient
 or candidate is not finite is rejected: neither the generator nor the model
@@ -39,6 +40,7 @@ References:
   https://arxiv.org/abs/2003.10933
 """
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -62,9 +64,10 @@ STOP_TARGET = 1
 STOP_PATIENCE = 2
 STOP_MAX_STEPS = 3
 STOP_REASONS = ("running", "target", "patience", "max_steps")
+ACCEPTANCE_RULES = ("same_batch", "best_so_far")
 
 __all__ = [
-    "Forsaken", "ForsakenState", "GeneratorState", "GeneratorUpdate", "STOP_MAX_STEPS",
+    "ACCEPTANCE_RULES", "Forsaken", "ForsakenState", "GeneratorState", "GeneratorUpdate", "STOP_MAX_STEPS",
     "STOP_PATIENCE", "STOP_REASONS", "STOP_RUNNING", "STOP_TARGET", "UnlearnResult",
     "apply_dummy_gradient", "make_forsaken", "make_generator_update", "summarize", "unlearn",
 ]
@@ -266,7 +269,7 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     return loss_at(gen_params, feats, model_params, forget_batch, retain_batch, reference)
 
   def update(gen_state, model_params, forget_batch, retain_batch, reference):
-    feats, _ = features(model_params, forget_batch, retain_batch, reference)
+    feats, baseline = features(model_params, forget_batch, retain_batch, reference)
     (value, aux), grads = jax.value_and_grad(loss_at, has_aux=True)(
         gen_state.params, feats, model_params, forget_batch, retain_batch, reference)
     candidate = aux.pop("candidate")
@@ -277,7 +280,7 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     # generator's Adam moments are not poisoned.
     new_state = _tree_select(finite, stepped, gen_state)
     candidate = _tree_select(finite, candidate, model_params)
-    info = {"loss": value, **aux, "finite": finite}
+    info = {"loss": value, **aux, "baseline": baseline, "finite": finite}
     return new_state, candidate, info
 
   return GeneratorUpdate(jax.jit(init), jax.jit(update), jax.jit(loss), jax.jit(features))
@@ -292,8 +295,8 @@ class ForsakenState(NamedTuple):
   Attributes:
     params: the model's current (last accepted) parameters.
     gen: the generator's `GeneratorState`.
-    best_loss: the best generator loss accepted so far (initially the loss of
-      not changing the model).
+    best_loss: the loss of the last accepted step; initially +inf, or with
+      `acceptance="best_so_far"` the loss of not changing the model.
     step: steps run.
     since_improvement: consecutive steps without an accepted candidate.
     num_accepted: accepted steps.
@@ -354,8 +357,10 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
                   gen_optimizer: optax.GradientTransformation | None = None,
                   mask: Mask | None = None, max_steps: int = 100, patience: int = 10,
                   score_fn: ScoreFn | None = None,
+                  acceptance: str = "same_batch",
                   retain_loss_fn: losses.LossFn = losses.cross_entropy,
-                  kl_epsilon: float = 1e-6) -> Forsaken:
+                  kl_epsilon: float = 1e-6,
+                  compiler_options: dict[str, Any] | None = None) -> Forsaken:
   """Builds the Forsaken unlearning loop.
 
   The retain batch passed to `init`/`step`/`run` may be one batch
@@ -380,10 +385,24 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
     max_steps: step budget (also the length of the traces).
     patience: stop after this many consecutive steps without acceptance.
     score_fn: per-example membership score `(logits, labels) -> [B]`.
+    acceptance: when a candidate theta' replaces the model.
+      `"same_batch"` (default): its loss is below the loss of the current
+      model (g = 0) on the same forget and retained batches, i.e. the step
+      improved L. `"best_so_far"` (the port): its loss is below the best
+      accepted loss so far; with retained batches cycled, that compares
+      losses measured on different batches, so batch noise rejects good
+      steps.
+
+    compiler_options: XLA options for the jitted functions, e.g.
+      `{"xla_backend_optimization_level": 0}`: the loop runs for tens of
+      steps, so on CPU compiling faster can matter more than the last bit of
+      code quality (measured in docs/RESULTS.md).
 
   Returns:
     A `Forsaken` of jitted functions.
   """
+  if acceptance not in ACCEPTANCE_RULES:
+    raise ValueError(f"acceptance must be one of {ACCEPTANCE_RULES}, got {acceptance!r}")
   if max_steps < 1:
     raise ValueError(f"max_steps must be positive, got {max_steps}")
   if patience < 1:
@@ -396,8 +415,14 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
 
   def init(key, params, forget_batch, retain_batch, reference):
     reference_lib.check_batch(retain_batch, "retain_batch", stacked=True)
-    _, baseline = gen_update.features(params, forget_batch, _select_batch(retain_batch, 0),
-                                      reference)
+    if acceptance == "best_so_far":
+      _, baseline = gen_update.features(params, forget_batch, _select_batch(retain_batch, 0),
+                                        reference)
+    else:
+      # Each step compares with the current model's loss on its own batches;
+      # nothing to precompute (and nothing extra to compile).
+      reference_lib.check_batch(forget_batch, "forget_batch")
+      baseline = jnp.array(jnp.inf, jnp.float32)
     return ForsakenState(
         params=params,
         gen=gen_update.init(key),
@@ -417,7 +442,11 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
     gen, candidate, info = gen_update.update(state.gen, state.params, forget_batch,
                                              _select_batch(retain_batch, state.step), reference)
     loss = info["loss"].astype(jnp.float32)
-    accepted = info["finite"] & (loss < state.best_loss)
+    if acceptance == "best_so_far":
+      bar = state.best_loss
+    else:
+      bar = info["baseline"].astype(jnp.float32)
+    accepted = info["finite"] & (loss < bar)
     params = _tree_select(accepted, candidate, state.params)
     # Scores on the candidate are those of the model we keep only if accepted;
     # otherwise the model is unchanged and its rate was recorded earlier.
@@ -456,7 +485,8 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
         lambda s: step(s, forget_batch, retain_batch, reference, threshold, target_rate)[0],
         state)
 
-  return Forsaken(jax.jit(init), jax.jit(step), jax.jit(run), gen_update)
+  jit = functools.partial(jax.jit, compiler_options=compiler_options)
+  return Forsaken(jit(init), jit(step), jit(run), gen_update)
 
 
 def summarize(state: ForsakenState) -> dict[str, Any]:

@@ -1,0 +1,423 @@
+"""The whole pipeline end to end on tiny data (scikit-learn's 8x8 digits).
+
+One run of train -> shadow -> unlearn -> retrain -> evaluate is shared by the
+module; the tests check what each phase wrote (and where), the audit's
+metrics against independent recomputations, idempotent reruns, resumption
+after a kill, refusal to overwrite another run, input validation and the
+command line.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import scipy.special
+
+from experiments import common
+from experiments import evaluate as evaluate_phase
+from experiments import main as main_job
+from experiments import retrain as retrain_phase
+from experiments import shadow as shadow_phase
+from experiments import train as train_phase
+from experiments import unlearn as unlearn_phase
+from experiments.configs import digits
+from forsaken_jax import checkpoints
+from forsaken_jax.mia import audit
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHASES = ("train", "shadow", "unlearn", "retrain", "evaluate")
+PHASE_FUNCTIONS = {"train": (train_phase, "train_and_evaluate"),
+                   "shadow": (shadow_phase, "train_shadows"),
+                   "unlearn": (unlearn_phase, "unlearn"),
+                   "retrain": (retrain_phase, "retrain"),
+                   "evaluate": (evaluate_phase, "evaluate")}
+PLOTS = ("roc_lira.png", "roc_oracles_original.png", "hist_confidence.png")
+UNLEARN_STEPS = 6
+
+
+def _config(data_dir):
+  """`digits.py:runlocal` (30 steps, 4 LiRA + 2 Shokri shadow models), shrunk further."""
+  config = digits.get_config("runlocal")
+  config.dataset.data_dir = data_dir
+  config.train.progress = False
+  config.unlearn.max_steps = UNLEARN_STEPS
+  config.unlearn.patience = UNLEARN_STEPS + 1
+  # A fixed number of generator steps, so an interruption always lands mid-run.
+  config.unlearn.stop_at_target = False
+  config.unlearn.checkpoint_every = 2
+  return config
+
+
+def _snapshot(root):
+  """`{relative path: (size, mtime_ns)}` of every file under `root`."""
+  out = {}
+  for directory, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(directory, name)
+      stat = os.stat(path)
+      out[os.path.relpath(path, root)] = (stat.st_size, stat.st_mtime_ns)
+  return out
+
+
+def _changed(before, after):
+  return {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+
+
+def _copy_phases(src_workdir, dst_workdir, phases):
+  for phase in phases:
+    shutil.copytree(os.path.join(src_workdir, phase), os.path.join(dst_workdir, phase))
+  return dst_workdir
+
+
+def _assert_same_params(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+def _load_json(*parts):
+  with open(os.path.join(*parts)) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir):
+  """The pipeline run once through `run_pipeline`, recording the files each phase changed."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = _config(data_dir)
+  writes = {}
+  with pytest.MonkeyPatch.context() as mp:
+    for phase, (module, name) in PHASE_FUNCTIONS.items():
+
+      def recorded(config, workdir, _phase=phase, _fn=getattr(module, name)):
+        before = _snapshot(workdir)
+        result = _fn(config, workdir)
+        writes[_phase] = _changed(before, _snapshot(workdir))
+        return result
+
+      mp.setattr(module, name, recorded)
+    start = time.perf_counter()
+    metrics = main_job.run_pipeline(config, workdir)
+    seconds = time.perf_counter() - start
+  data = common.load_experiment_data(config)
+  return {"workdir": workdir, "config": config, "metrics": metrics, "writes": writes,
+          "seconds": seconds, "data": data}
+
+
+# --- what the phases wrote ------------------------------------------------------
+
+
+def test_each_phase_writes_its_outputs_and_only_its_own_directory(run):
+  workdir, writes = run["workdir"], run["writes"]
+  assert list(writes) == list(PHASES)  # run_pipeline ran every phase, in order
+  for phase, changed in writes.items():
+    assert changed, f"{phase} wrote nothing"
+    outside = sorted(p for p in changed if not p.startswith(phase + os.sep))
+    assert not outside, f"{phase} changed files outside {phase}/: {outside}"
+
+  for phase in ("train", "shadow", "unlearn", "retrain"):
+    assert os.path.isfile(os.path.join(workdir, phase, "summary.json")), phase
+    ckpt = common.checkpoint_dir(workdir, phase)
+    assert any(name.isdigit() for name in os.listdir(ckpt)), phase
+  for phase in ("train", "shadow", "retrain"):
+    assert os.path.isfile(os.path.join(workdir, phase, "metrics.jsonl")), phase
+  for name in ("metrics.json", "report.md") + PLOTS:
+    assert os.path.isfile(os.path.join(workdir, "evaluate", name)), name
+  for name in PLOTS:
+    with open(os.path.join(workdir, "evaluate", name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+
+  metrics = _load_json(workdir, "evaluate", "metrics.json")
+  assert metrics == json.loads(json.dumps(run["metrics"]))  # what run_pipeline returned
+  assert metrics["plots"] == list(PLOTS)
+  with open(os.path.join(workdir, "evaluate", "report.md")) as f:
+    report = f.read()
+  assert report.startswith("# Membership-inference audit: digits_local")
+  for name in PLOTS:
+    assert f"]({name})" in report
+
+
+def test_phases_ran_to_completion(run):
+  config, workdir = run["config"], run["workdir"]
+  latest = {phase: checkpoints.open_manager(common.checkpoint_dir(workdir, phase),
+                                            read_only=True).latest_step()
+            for phase in ("train", "shadow", "unlearn", "retrain")}
+  assert latest == {"train": config.train.steps, "shadow": config.train.steps,
+                    "unlearn": UNLEARN_STEPS, "retrain": config.train.steps}
+  unlearn = _load_json(workdir, "unlearn", "summary.json")
+  assert unlearn["steps"] == UNLEARN_STEPS and unlearn["stop_reason"] == "max_steps"
+  assert len(unlearn["loss_trace"]) == UNLEARN_STEPS
+  shadow = _load_json(workdir, "shadow", "summary.json")
+  assert (shadow["num_lira_models"], shadow["num_shokri_models"]) == (4, 2)
+  retrain = _load_json(workdir, "retrain", "summary.json")
+  train = _load_json(workdir, "train", "summary.json")
+  # The retrained model never saw the forget set.
+  assert train["num_examples"] - retrain["num_examples"] == len(run["data"].splits.forget)
+
+
+# --- the audit's metrics ----------------------------------------------------------
+
+
+def test_metrics_are_internally_consistent(run):
+  m, splits = run["metrics"], run["data"].splits
+  n = len(splits.forget)
+  assert m["num_forget"] == n and m["num_forget"] + m["num_retain"] == len(splits.members)
+  assert m["num_nonmembers"] == len(splits.nonmembers)
+  assert (m["num_lira_shadow_models"], m["num_shokri_shadow_models"]) == (4, 2)
+
+  assert set(m["accuracy"]) == {"original", "unlearned", "retrained"}
+  for model, acc in m["accuracy"].items():
+    assert set(acc) == {"test", "retain", "forget", "nonmember"}
+    for value in acc.values():
+      assert 0.0 <= value <= 1.0, (model, acc)
+
+  assert set(m["forgetting_rate"]) == {"unlearned", "retrained"}
+  judged = m["judged_member_rate_on_forget"]
+  for model, per_oracle in m["forgetting_rate"].items():
+    assert set(per_oracle) == set(audit.ORACLES)
+    for oracle, fr in per_oracle.items():
+      assert fr["oracle"] == oracle and fr["n"] == n
+      assert fr["b_t"] + fr["b_f"] == n and 0 <= fr["a_f"] <= n
+      if fr["b_t"] == 0:
+        assert fr["rate"] is None
+      else:
+        assert fr["rate"] == pytest.approx((fr["a_f"] - fr["b_f"]) / fr["b_t"])
+      # B_T counts the original model's member judgements, A_F this model's
+      # non-member judgements: both are in the judged-member rates too.
+      assert fr["b_t"] == round(judged["original"][oracle] * n)
+      assert fr["a_f"] == round((1 - judged[model][oracle]) * n)
+
+  for key in ("attack_retain_vs_nonmembers", "attack_forget_vs_matched_nonmembers"):
+    for model, per_oracle in m[key].items():
+      assert set(per_oracle) == {"shokri", "lira", "lira_offline", "loss"}
+      for s in per_oracle.values():
+        assert 0.0 <= s["auc"] <= 1.0 and 0.5 <= s["balanced_accuracy"] <= 1.0
+  assert 0.0 <= m["ulira"]["auc"] <= 1.0
+
+  # Unseen-vs-unseen control: no model trained on either half of the
+  # non-members, so the AUC is a null Mann-Whitney statistic with standard
+  # deviation sqrt((n1 + n2 + 1) / (12 n1 n2)), about 0.04 for two halves of
+  # ~120 here. A band of 0.2 is five standard deviations: a failure means a
+  # real leak or bug, not bad luck.
+  n1 = m["num_nonmembers"] // 2
+  n2 = m["num_nonmembers"] - n1
+  sigma = np.sqrt((n1 + n2 + 1) / (12 * n1 * n2))
+  assert 0.2 > 4 * sigma
+  assert abs(m["control_nonmember_halves_lira_auc"] - 0.5) < 0.2
+
+  assert set(m["wall_seconds"]) == {"train", "shadow", "unlearn", "retrain"}
+  assert all(s > 0 for s in m["wall_seconds"].values())
+
+
+def test_metrics_match_an_independent_recomputation(run):
+  """Accuracies and the loss oracle's counts, recomputed from the checkpoints."""
+  config, workdir, data, m = run["config"], run["workdir"], run["data"], run["metrics"]
+  model = common.create_model(common.model_spec(config, data))
+  apply_fn = jax.jit(model.apply_fn)
+  splits = data.splits
+  population = np.sort(np.concatenate([splits.members, splits.nonmembers]))
+  is_forget = np.isin(population, splits.forget)
+  is_retain = np.isin(population, splits.members) & ~is_forget
+  images, labels = data.pool.images[population], data.pool.labels[population]
+
+  for name, phase in (("original", "train"), ("unlearned", "unlearn"), ("retrained", "retrain")):
+    params, _ = common.load_phase_params(config, workdir, phase, data)
+    params = jax.device_get(params)
+    logits = np.asarray(apply_fn(params, images), np.float64)
+    correct = logits.argmax(-1) == labels
+    acc = m["accuracy"][name]
+    assert acc["forget"] == pytest.approx(correct[is_forget].mean())
+    assert acc["retain"] == pytest.approx(correct[is_retain].mean())
+    test_logits = np.asarray(apply_fn(params, data.test.images))
+    assert acc["test"] == pytest.approx((test_logits.argmax(-1) == data.test.labels).mean())
+    # The loss oracle: member when -loss >= the threshold fitted on the original model.
+    log_probs = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+    neg_loss = log_probs[np.arange(len(labels)), labels]
+    member = neg_loss[is_forget] >= m["loss_threshold"]
+    assert m["judged_member_rate_on_forget"][name]["loss"] == pytest.approx(member.mean())
+    if name != "original":
+      fr = m["forgetting_rate"][name]["loss"]
+      assert fr["a_f"] == int((~member).sum())
+
+
+# --- reruns, resumption, refusal --------------------------------------------------
+
+
+def test_rerun_on_a_finished_workdir_is_idempotent(run):
+  workdir = run["workdir"]
+  checkpoints_before = {phase: _snapshot(common.checkpoint_dir(workdir, phase))
+                        for phase in ("train", "shadow", "unlearn", "retrain")}
+  logs_before = {phase: _snapshot(os.path.join(workdir, phase))["metrics.jsonl"]
+                 for phase in ("train", "shadow", "retrain")}
+  metrics_before = _load_json(workdir, "evaluate", "metrics.json")
+
+  start = time.perf_counter()
+  again = main_job.run_pipeline(run["config"], workdir)
+  seconds = time.perf_counter() - start
+
+  # No phase trained again: no checkpoint saved, no metrics logged.
+  for phase, before in checkpoints_before.items():
+    assert _snapshot(common.checkpoint_dir(workdir, phase)) == before, phase
+  for phase, before in logs_before.items():
+    assert _snapshot(os.path.join(workdir, phase))["metrics.jsonl"] == before, phase
+  assert seconds < run["seconds"]
+
+  metrics_after = _load_json(workdir, "evaluate", "metrics.json")
+  assert metrics_after == json.loads(json.dumps(again))
+  # Finished phases rewrite their summary with the stored wall time plus the
+  # zero-step loop around it, so times agree to a small fraction of a second.
+  wall_before, wall_after = metrics_before.pop("wall_seconds"), metrics_after.pop("wall_seconds")
+  assert wall_after == pytest.approx(wall_before, abs=0.5)
+  assert metrics_after == metrics_before
+
+
+def test_shadow_phase_resumes_to_identical_parameters(run, tmp_path):
+  config, data = run["config"], run["data"]
+  workdir = _copy_phases(run["workdir"], str(tmp_path), ["train"])
+  train_before = _snapshot(os.path.join(workdir, "train"))
+  with pytest.raises(common.TrainingInterrupted):
+    shadow_phase.train_shadows(config, workdir, stop_after=15)
+  manager = checkpoints.open_manager(common.checkpoint_dir(workdir, "shadow"), read_only=True)
+  assert manager.latest_step() == 10  # checkpoint_every=10: steps 11-15 are lost
+  with pytest.raises(checkpoints.CheckpointError, match="stopped at step 10"):
+    shadow_phase.load_shadows(config, workdir, data)
+
+  shadow_phase.train_shadows(config, workdir)
+  resumed, design = shadow_phase.load_shadows(config, workdir, data)
+  straight, straight_design = shadow_phase.load_shadows(config, run["workdir"], data)
+  _assert_same_params(resumed, straight)
+  for key, value in straight_design.items():
+    np.testing.assert_array_equal(design[key], value)
+  assert _snapshot(os.path.join(workdir, "train")) == train_before
+
+
+def test_unlearn_phase_resumes_to_identical_parameters(run, tmp_path):
+  config, data = run["config"], run["data"]
+  workdir = _copy_phases(run["workdir"], str(tmp_path), ["train", "shadow", "retrain"])
+  upstream_before = {phase: _snapshot(os.path.join(workdir, phase))
+                     for phase in ("train", "shadow", "retrain")}
+  with pytest.raises(common.TrainingInterrupted):
+    unlearn_phase.unlearn(config, workdir, stop_after=3)
+  manager = checkpoints.open_manager(common.checkpoint_dir(workdir, "unlearn"), read_only=True)
+  assert manager.latest_step() == 2  # checkpoint_every=2: step 3 is lost
+  # An unfinished unlearned model is never audited.
+  with pytest.raises(checkpoints.CheckpointError, match="did not finish"):
+    evaluate_phase.evaluate(config, workdir)
+
+  summary = unlearn_phase.unlearn(config, workdir)
+  assert summary["steps"] == UNLEARN_STEPS
+  straight_summary = _load_json(run["workdir"], "unlearn", "summary.json")
+  np.testing.assert_allclose(summary["loss_trace"], straight_summary["loss_trace"], rtol=1e-6)
+  assert summary["accepted_steps"] == straight_summary["accepted_steps"]
+  resumed, _ = common.load_phase_params(config, workdir, "unlearn", data)
+  straight, _ = common.load_phase_params(config, run["workdir"], "unlearn", data)
+  _assert_same_params(jax.device_get(resumed), jax.device_get(straight))
+  if summary["accepted_steps"]:
+    # The comparison is not vacuous: the unlearned model moved.
+    original, _ = common.load_phase_params(config, workdir, "train", data)
+    moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(resumed)),
+                                                   jax.tree.leaves(jax.device_get(original)))]
+    assert any(moved)
+  for phase, before in upstream_before.items():
+    assert _snapshot(os.path.join(workdir, phase)) == before, phase
+
+
+@pytest.mark.parametrize("phase,section,key,value", [
+    ("shadow", "shadow", "num_models", 6),
+    ("unlearn", "unlearn", "lr", 0.5),
+    ("retrain", "train", "learning_rate", 1e-2),
+])
+def test_incompatible_config_is_refused_and_the_checkpoint_kept(run, tmp_path, phase, section,
+                                                                  key, value):
+  workdir = _copy_phases(run["workdir"], str(tmp_path), ["train", phase])
+  before = _snapshot(os.path.join(workdir, phase))
+  config = _config(run["config"].dataset.data_dir)
+  config[section][key] = value
+  module, name = PHASE_FUNCTIONS[phase]
+  with pytest.raises(checkpoints.CheckpointError, match="(?s)signature.*refusing to overwrite"):
+    getattr(module, name)(config, workdir)
+  assert _snapshot(os.path.join(workdir, phase)) == before
+
+
+@pytest.mark.parametrize("phase", ["shadow", "unlearn", "retrain", "evaluate"])
+def test_later_phases_need_the_train_checkpoint(data_dir, tmp_path, phase):
+  module, name = PHASE_FUNCTIONS[phase]
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint"):
+    getattr(module, name)(_config(data_dir), str(tmp_path))
+  assert not os.listdir(tmp_path)  # nothing written
+
+
+# --- input validation -------------------------------------------------------------
+
+
+def test_forget_batch_is_the_forget_set(run):
+  data = run["data"]
+  batch = unlearn_phase.forget_batch(data, data.splits.forget)
+  np.testing.assert_array_equal(batch["image"], data.pool.images[data.splits.forget])
+  np.testing.assert_array_equal(batch["label"], data.pool.labels[data.splits.forget])
+
+
+@pytest.mark.parametrize("case", ["empty", "not_member", "out_of_range", "negative", "duplicate"])
+def test_forget_batch_rejects_bad_forget_sets(run, case):
+  data = run["data"]
+  member, nonmember = int(data.splits.members[0]), int(data.splits.nonmembers[0])
+  forget, message = {
+      "empty": (np.array([], np.int64), "empty"),
+      "not_member": (np.array([member, nonmember]), f"not members: \\[{nonmember}\\]"),
+      "out_of_range": (np.array([member, len(data.pool) + 3]), str(len(data.pool) + 3)),
+      "negative": (np.array([member, -1]), "negative indices: \\[-1\\]"),
+      "duplicate": (np.array([member, member]), f"duplicate indices: \\[{member}\\]"),
+  }[case]
+  with pytest.raises(ValueError, match=message):
+    unlearn_phase.forget_batch(data, forget)
+
+
+# --- the command line -------------------------------------------------------------
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_trains_the_same_model_as_the_library(run, tmp_path):
+  workdir = str(tmp_path / "cli")
+  result = _cli("--config", "experiments/configs/digits.py:runlocal", "--workdir", workdir,
+                f"--config.dataset.data_dir={run['config'].dataset.data_dir}",
+                "--config.train.progress=False")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "[train] digits_local" in result.stdout
+  assert set(os.listdir(workdir)) == {"train"}
+  # The train phase depends only on the dataset, scenario, model and train
+  # sections, which the fixture's config shares with `:runlocal`.
+  config = run["config"]
+  params, _ = common.load_phase_params(config, workdir, "train", run["data"])
+  expected, _ = common.load_phase_params(config, run["workdir"], "train", run["data"])
+  _assert_same_params(jax.device_get(params), jax.device_get(expected))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "experiments/configs/digits.py:bogus", "--workdir", "{workdir}"],
+     "unknown config argument 'bogus'"),
+    (["--config", "experiments/configs/digits.py:runlocal", "--workdir", "{workdir}",
+      "--config.train.bogus=1"], "bogus"),
+    (["--config", "experiments/configs/digits.py:runlocal"], "--workdir must have a value"),
+])
+def test_cli_rejects_bad_arguments(tmp_path, args, message):
+  workdir = str(tmp_path / "cli")
+  result = _cli(*[a.format(workdir=workdir) for a in args])
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-3000:]
+  assert not os.path.exists(workdir)
