@@ -16,7 +16,7 @@ random 28x28 data) three ways:
   model after model, in a separate process (see `run_torch_isolated`).
 
 Models: the pipeline's small CNN (`features=(16, 32), dense=64`) and the
-default MLP (`hidden=(256, 256)`), Adam 1e-3, softmax cross-entropy. Every
+default MLP (`hidden=(512, 256)`), Adam 1e-3, softmax cross-entropy. Every
 step blocks on its output, and the time includes the host gather of the
 batch, identically for all three. "incl. compile" is the wall time of the
 whole run from a freshly built (never compiled) step. "excl. compile"
@@ -45,7 +45,7 @@ IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 ARCHITECTURES = {
     "cnn": ("cnn", {"features": (16, 32), "dense": 64}),
-    "mlp": ("mlp", {"hidden": (256, 256)}),
+    "mlp": ("mlp", {"hidden": (512, 256)}),
 }
 
 

@@ -41,6 +41,7 @@ def run(phase_fn: Callable[[ml_collections.ConfigDict, str], Any], *,
     # Orbax logs every save at INFO and every read-only open at WARNING; the
     # progress bars and summaries say what matters, errors still show.
     logging.set_verbosity(logging.ERROR)
+    common.enable_compilation_cache()
     common.maybe_initialize_distributed()
     phase_fn(config_flag.value, workdir_flag.value)
 

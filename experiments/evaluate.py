@@ -20,7 +20,7 @@ under `<workdir>/evaluate/`:
 """
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -52,30 +52,45 @@ def matched_nonmembers(data: fj_data.ExperimentData, population: np.ndarray,
   return nonmember & ~data.is_ood[population]
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs the audit (see the module docstring) and writes the report.
+class Audit(NamedTuple):
+  """The oracles of one run, fitted once, and what applying them needs."""
+
+  oracles: audit.FittedOracles
+  evidence: audit.ShadowEvidence
+  predict: Any  # train.make_predict_fn of the run's model
+  population: np.ndarray  # pool indices every LiRA shadow model has an opinion about
+  labels: np.ndarray  # their labels
+  masks: dict[str, np.ndarray]  # retain / forget / nonmember / matched, over the population
+  test: fj_data.ArrayDataset
+  num_lira: int
+  num_shokri: int
+
+
+class ModelAudit(NamedTuple):
+  """One model under the audit."""
+
+  logits: np.ndarray  # [P, C] on the population
+  scores: dict[str, np.ndarray]  # every oracle's membership score
+  decisions: dict[str, np.ndarray]  # every oracle's member / non-member verdict
+  accuracy: dict[str, float]
+
+
+def build_audit(config: ml_collections.ConfigDict, workdir: str, data: fj_data.ExperimentData,
+                original: Any) -> Audit:
+  """Scores the shadow models and fits the oracles on the original model.
+
+  Args:
+    config: the experiment config.
+    workdir: the run directory (its shadow phase is read, read-only).
+    data: the run's data.
+    original: the original model's parameters.
 
   Returns:
-    The metrics dict written to `metrics.json`.
+    An `Audit`.
   """
-  data, _ = common.load_upstream_data(config, workdir)
-  splits = data.splits
-  spec = common.model_spec(config, data)
-  model = common.create_model(spec)
-  mesh = parallel.make_mesh()
-  predict = train.make_predict_fn(model.apply_fn, mesh)
-  ec = config.evaluate
-
-  params, metas = {}, {}
-  for name, phase in report.MODEL_PHASES.items():  # the original is required
-    if name != "original" and not os.path.isdir(common.checkpoint_dir(workdir, phase)):
-      common.log(f"[evaluate] no {phase} phase in {workdir}: auditing without the {name} model")
-      continue
-    params[name], metas[name] = common.load_phase_params(config, workdir, phase, data)
-    # Each phase saved its parameters on its own mesh (the unlearn phase uses
-    # one device); the audit's predict function is jitted on this mesh.
-    params[name] = parallel.replicate(params[name], mesh)
-
+  splits, ec = data.splits, config.evaluate
+  model = common.create_model(common.model_spec(config, data))
+  predict = train.make_predict_fn(model.apply_fn, parallel.make_mesh())
   # Population = the target's members and non-members: the examples every
   # LiRA shadow model has an in/out opinion about.
   shadow_params, design = shadow_phase.load_shadows(config, workdir, data)
@@ -86,63 +101,98 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   shokri_data = design["universe"][pop_size:]
   images, labels = data.pool.images, data.pool.labels
   pop_labels = labels[population]
-
-  common.log(f"[evaluate] scoring {len(params)} models and {design['keep'].shape[0]} shadow models "
-             f"on {pop_size} population examples")
   stacked_predict = shadow_lib.make_stacked_predict_fn(model.apply_fn)
-  lira_params = jax.tree.map(lambda x: x[:num_lira], shadow_params)
-  shokri_params = jax.tree.map(lambda x: x[num_lira:], shadow_params)
   evidence = audit.shadow_evidence(
-      lira_logits=stacked_predict(lira_params, images[population]),
+      lira_logits=stacked_predict(jax.tree.map(lambda x: x[:num_lira], shadow_params),
+                                  images[population]),
       lira_keep=design["keep"][:num_lira, :pop_size], population_labels=pop_labels,
-      shokri_logits=stacked_predict(shokri_params, images[shokri_data]),
+      shokri_logits=stacked_predict(jax.tree.map(lambda x: x[num_lira:], shadow_params),
+                                    images[shokri_data]),
       shokri_keep=design["keep"][num_lira:, pop_size:], shokri_labels=labels[shokri_data],
       shokri_mode=ec.shokri_features)
-
   is_forget = np.isin(population, splits.forget)
-  is_retain = np.isin(population, splits.members) & ~is_forget
-  is_nonmember = np.isin(population, splits.nonmembers)
-  is_matched = matched_nonmembers(data, population, config.scenario)
-  logits = {name: predict(p, images[population]) for name, p in params.items()}
+  masks = {"forget": is_forget, "retain": np.isin(population, splits.members) & ~is_forget,
+           "nonmember": np.isin(population, splits.nonmembers),
+           "matched": matched_nonmembers(data, population, config.scenario)}
+  original = parallel.replicate(original, parallel.make_mesh())
   oracles = audit.fit_oracles(
-      jax.random.fold_in(jax.random.key(config.seed), 2), evidence, logits["original"], pop_labels,
-      is_retain, is_nonmember, shokri_mode=ec.shokri_features, shokri_per_class=ec.shokri_per_class,
+      jax.random.fold_in(jax.random.key(config.seed), 2), evidence,
+      predict(original, images[population]), pop_labels, masks["retain"], masks["nonmember"],
+      shokri_mode=ec.shokri_features, shokri_per_class=ec.shokri_per_class,
       lira_fixed_variance=ec.lira_fixed_variance)
-  scores = {name: audit.oracle_scores(oracles, evidence, lg, pop_labels)
-            for name, lg in logits.items()}
-  decisions = {name: audit.judged_member(oracles, s) for name, s in scores.items()}
+  return Audit(oracles, evidence, predict, population, pop_labels, masks, data.test, num_lira,
+               int(design["keep"].shape[0] - num_lira))
+
+
+def audit_model(ctx: Audit, images: np.ndarray, params: Any) -> ModelAudit:
+  """Applies the fitted oracles to one model.
+
+  Args:
+    ctx: from `build_audit`.
+    images: the pool's images.
+    params: the model's parameters (host or device arrays).
+
+  Returns:
+    A `ModelAudit`.
+  """
+  params = parallel.replicate(params, parallel.make_mesh())
+  logits = ctx.predict(params, images[ctx.population])
+  scores = audit.oracle_scores(ctx.oracles, ctx.evidence, logits, ctx.labels)
+  correct = np.argmax(logits, -1) == ctx.labels
+  accuracy = {"test": train.evaluate(ctx.predict, params, ctx.test.images,
+                                     ctx.test.labels)["accuracy"]}
+  accuracy.update({name: float(correct[ctx.masks[name]].mean())
+                   for name in ("retain", "forget", "nonmember")})
+  return ModelAudit(logits, scores, audit.judged_member(ctx.oracles, scores), accuracy)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs the audit (see the module docstring) and writes the report.
+
+  Returns:
+    The metrics dict written to `metrics.json`.
+  """
+  data, _ = common.load_upstream_data(config, workdir)
+  params = {}
+  for name, phase in report.MODEL_PHASES.items():  # the original is required
+    if name != "original" and not os.path.isdir(common.checkpoint_dir(workdir, phase)):
+      common.log(f"[evaluate] no {phase} phase in {workdir}: auditing without the {name} model")
+      continue
+    params[name], _ = common.load_phase_params(config, workdir, phase, data)
+  ctx = build_audit(config, workdir, data, params["original"])
+  common.log(f"[evaluate] scored {ctx.num_lira + ctx.num_shokri} shadow models on "
+             f"{len(ctx.population)} population examples; auditing {len(params)} models")
+  audited = {name: audit_model(ctx, data.pool.images, p) for name, p in params.items()}
+  scores = {name: a.scores for name, a in audited.items()}
+  masks = ctx.masks
+  is_forget = masks["forget"]
 
   results: dict[str, Any] = {
       "dataset": data.pool.name, "scenario": config.scenario.kind,
-      "num_forget": int(is_forget.sum()), "num_retain": int(is_retain.sum()),
-      "num_nonmembers": int(is_nonmember.sum()), "num_matched_nonmembers": int(is_matched.sum()),
-      "num_lira_shadow_models": num_lira,
-      "num_shokri_shadow_models": int(design["keep"].shape[0] - num_lira),
-      "shokri_attack_train_balanced_accuracy": float(oracles.shokri.train_balanced_accuracy),
-      "loss_threshold": float(oracles.loss_threshold.threshold),
+      "num_forget": int(is_forget.sum()), "num_retain": int(masks["retain"].sum()),
+      "num_nonmembers": int(masks["nonmember"].sum()),
+      "num_matched_nonmembers": int(masks["matched"].sum()),
+      "num_lira_shadow_models": ctx.num_lira, "num_shokri_shadow_models": ctx.num_shokri,
+      "shokri_attack_train_balanced_accuracy": float(ctx.oracles.shokri.train_balanced_accuracy),
+      "loss_threshold": float(ctx.oracles.loss_threshold.threshold),
+      "accuracy": {name: a.accuracy for name, a in audited.items()},
+      "attack_retain_vs_nonmembers": {
+          name: audit.attack_summary(s, masks["retain"], masks["nonmember"])
+          for name, s in scores.items()},
+      "attack_forget_vs_matched_nonmembers": {
+          name: audit.attack_summary(s, is_forget, masks["matched"]) for name, s in scores.items()},
+      "judged_member_rate_on_forget": {
+          name: {o: float(a.decisions[o][is_forget].mean()) for o in audit.ORACLES}
+          for name, a in audited.items()},
+      "forgetting_rate": {
+          name: audit.forgetting_rates(audited["original"].decisions, audited[name].decisions,
+                                       is_forget)
+          for name in ("unlearned", "retrained") if name in audited},
   }
-  results["accuracy"] = {}
-  for name, p in params.items():
-    correct = np.argmax(logits[name], -1) == pop_labels
-    results["accuracy"][name] = {
-        "test": train.evaluate(predict, p, data.test.images, data.test.labels)["accuracy"],
-        "retain": float(correct[is_retain].mean()), "forget": float(correct[is_forget].mean()),
-        "nonmember": float(correct[is_nonmember].mean()),
-    }
-  results["attack_retain_vs_nonmembers"] = {
-      name: audit.attack_summary(s, is_retain, is_nonmember) for name, s in scores.items()}
-  results["attack_forget_vs_matched_nonmembers"] = {
-      name: audit.attack_summary(s, is_forget, is_matched) for name, s in scores.items()}
-  results["judged_member_rate_on_forget"] = {
-      name: {o: float(d[o][is_forget].mean()) for o in audit.ORACLES}
-      for name, d in decisions.items()}
-  results["forgetting_rate"] = {
-      name: audit.forgetting_rates(decisions["original"], decisions[name], is_forget)
-      for name in ("unlearned", "retrained") if name in decisions}
   if {"unlearned", "retrained"} <= set(scores):
     results["ulira"] = mia.unlearning_distinguishability(
         scores["unlearned"]["lira"][is_forget], scores["retrained"]["lira"][is_forget])
-  halves = np.random.default_rng([config.seed, 7]).permutation(np.flatnonzero(is_nonmember))
+  halves = np.random.default_rng([config.seed, 7]).permutation(np.flatnonzero(masks["nonmember"]))
   half = len(halves) // 2
   results["control_nonmember_halves_lira_auc"] = float(mia.roc_auc(
       scores["original"]["lira"][halves[:half]], scores["original"]["lira"][halves[half:]]))
@@ -152,10 +202,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if common.is_main_process():
     os.makedirs(out_dir, exist_ok=True)
     results["plots"] = report.plot_all(
-        out_dir, scores=scores, masks={"retain": is_retain, "nonmember": is_nonmember,
-                                       "forget": is_forget, "matched": is_matched},
-        lira_stats={name: np.asarray(mia.logit_scaled_confidence(lg, pop_labels))
-                    for name, lg in logits.items()})
+        out_dir, scores=scores, masks=masks,
+        lira_stats={name: np.asarray(mia.logit_scaled_confidence(a.logits, ctx.labels))
+                    for name, a in audited.items()})
     results = audit.to_jsonable(results)
     common.write_json(os.path.join(out_dir, "metrics.json"), results)
     with open(os.path.join(out_dir, "report.md"), "w") as f:

@@ -33,7 +33,8 @@ def phase_seconds(workdir: str) -> dict[str, float]:
   return out
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+  """A fraction as a percentage with one decimal, "n/a" for None."""
   return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
@@ -55,16 +56,17 @@ def headline_table(results: Mapping[str, Any]) -> str:
     lines.append(f"| {name} | " + " | ".join(values) + " |")
 
   acc = results["accuracy"]
-  row("test accuracy", [_pct(acc[m]["test"]) for m in models])
-  row("forget-set accuracy", [_pct(acc[m]["forget"]) for m in models])
-  row("retained-set accuracy", [_pct(acc[m]["retain"]) for m in models])
+  row("test accuracy", [pct(acc[m]["test"]) for m in models])
+  row("forget-set accuracy", [pct(acc[m]["forget"]) for m in models])
+  row("retained-set accuracy", [pct(acc[m]["retain"]) for m in models])
   fr = results.get("forgetting_rate", {})
   for oracle in ("shokri", "lira", "loss"):
     row(f"FR, {ORACLE_LABELS[oracle]}",
         ["—" if m == "original" else _fr(fr.get(m, {}).get(oracle)) for m in models])
   forget_attack = results["attack_forget_vs_matched_nonmembers"]
-  row("LiRA AUC, forget vs unseen look-alikes", [f"{forget_attack[m]['lira']['auc']:.3f}"
-                                                 for m in models])
+  row("LiRA AUC, forget vs unseen look-alikes (± std. error)",
+      [f"{forget_attack[m]['lira']['auc']:.3f} ± {forget_attack[m]['lira']['auc_std']:.3f}"
+       for m in models])
   seconds = results.get("wall_seconds", {})
   row("wall time (s)", [f"{seconds[MODEL_PHASES[m]]:.1f}" if MODEL_PHASES[m] in seconds
                         else "n/a" for m in models])
@@ -95,27 +97,29 @@ def markdown(results: Mapping[str, Any]) -> str:
           "| --- | ---: | ---: | ---: | ---: |"]
   for m in models:
     a = results["accuracy"][m]
-    out.append(f"| {MODEL_LABELS[m]} | {_pct(a['test'])} | {_pct(a['retain'])} | "
-               f"{_pct(a['forget'])} | {_pct(a['nonmember'])} |")
+    out.append(f"| {MODEL_LABELS[m]} | {pct(a['test'])} | {pct(a['retain'])} | "
+               f"{pct(a['forget'])} | {pct(a['nonmember'])} |")
 
   for key, title in (("attack_retain_vs_nonmembers", "retained members vs non-members"),
                      ("attack_forget_vs_matched_nonmembers",
                       "forget set vs non-members resembling it")):
     out += ["", f"## Attacks: {title}", "",
-            "| model | oracle | AUC | balanced acc. | TPR @ 0.1% FPR | TPR @ 1% FPR |",
+            "| model | oracle | AUC (± std. error) | balanced acc. | TPR @ 0.1% FPR | "
+            "TPR @ 1% FPR |",
             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for m in models:
       for oracle, s in results[key][m].items():
-        out.append(f"| {MODEL_LABELS[m]} | {ORACLE_LABELS[oracle]} | {s['auc']:.3f} | "
-                   f"{s['balanced_accuracy']:.3f} | {_pct(s['tpr_at_fpr_0.001'])} | "
-                   f"{_pct(s['tpr_at_fpr_0.01'])} |")
+        out.append(f"| {MODEL_LABELS[m]} | {ORACLE_LABELS[oracle]} | "
+                   f"{s['auc']:.3f} ± {s['auc_std']:.3f} | "
+                   f"{s['balanced_accuracy']:.3f} | {pct(s['tpr_at_fpr_0.001'])} | "
+                   f"{pct(s['tpr_at_fpr_0.01'])} |")
 
   out += ["", "## Judged member on the forget set", "",
           "| model | " + " | ".join(ORACLE_LABELS[o] for o in ("shokri", "lira", "loss")) + " |",
           "| --- | ---: | ---: | ---: |"]
   for m in models:
     rates = results["judged_member_rate_on_forget"][m]
-    out.append(f"| {MODEL_LABELS[m]} | " + " | ".join(_pct(rates[o])
+    out.append(f"| {MODEL_LABELS[m]} | " + " | ".join(pct(rates[o])
                                                     for o in ("shokri", "lira", "loss")) + " |")
   out += ["", "## Controls", "",
           f"- LiRA between two random halves of the non-members (no model trained on either): "

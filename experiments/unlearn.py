@@ -30,7 +30,7 @@ the loop included), the counterpart of the retrain phase's training time.
 import functools
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +85,96 @@ def _stacked_retain(data, rng, num_batches, batch_size):
   return {"image": data.pool.images[idx], "label": data.pool.labels[idx]}
 
 
+class Prepared(NamedTuple):
+  """A Forsaken loop ready to run on one run's data (see `prepare`)."""
+
+  forsaken: fj_unlearn.Forsaken
+  state: fj_unlearn.ForsakenState  # the initial loop state
+  forget: dict[str, jax.Array]
+  retain: dict[str, jax.Array]  # stacked [K, B, ...]
+  reference: dict[str, jax.Array]
+  threshold: jax.Array  # the stopping oracle's threshold (-inf: rule off)
+  target_rate: jax.Array
+  oracle_threshold: float
+  num_reference: int
+
+
+def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spec: dict[str, Any],
+            original: Any) -> Prepared:
+  """Builds everything the unlearning loop needs from the original model.
+
+  Saliency and neuron mask, reference, stopping oracle, generator, compiled
+  loop and its initial state. Timed as part of unlearning by the caller.
+
+  Args:
+    config: the experiment config (section `unlearn`).
+    data: the run's data.
+    spec: the model spec (`common.model_spec`).
+    original: the trained parameters.
+
+  Returns:
+    A `Prepared`.
+  """
+  uc = config.unlearn
+  model = common.create_model(spec)
+  rng = np.random.default_rng([config.seed, 3])
+  forget = forget_batch(data, data.splits.forget)
+  retain = _stacked_retain(data, rng, uc.num_retain_batches, uc.batch_size)
+  ref_idx = reference_indices(data, config.scenario)
+  ref_idx = rng.choice(ref_idx, size=min(len(ref_idx), uc.num_reference), replace=False)
+  nonmember = {"image": data.pool.images[ref_idx], "label": data.pool.labels[ref_idx]}
+  mesh = parallel.make_mesh(1)  # a few hundred examples: one device is fastest
+  forget, retain, nonmember, original = jax.device_put((forget, retain, nonmember, original),
+                                                       parallel.replicated(mesh))
+  compiler_options = uc.get("compiler_options", ml_collections.ConfigDict()).to_dict() or None
+
+  @functools.partial(jax.jit, compiler_options=compiler_options)
+  def inputs(params, forget, retain_batch, nonmember):
+    """Everything the loop needs from the original model, in one compilation."""
+    saliency = None
+    if uc.mask_fraction < 1.0:
+      saliency = fj_unlearn.unit_saliency(model.apply_fn, params, forget, retain_batch)
+    reference = fj_unlearn.compute_reference(model.apply_fn, params, nonmember,
+                                             objective=uc.objective)
+    # The stopping oracle's inputs: the forget set's and D_n's logit-scaled
+    # confidence on the original model.
+    forget_scores = mia.logit_scaled_confidence(model.apply_fn(params, forget["image"]),
+                                                forget["label"])
+    ref_scores = mia.logit_scaled_confidence(model.apply_fn(params, nonmember["image"]),
+                                             nonmember["label"])
+    return saliency, reference, forget_scores, ref_scores
+
+  saliency, reference, forget_scores, ref_scores = inputs(
+      original, forget, jax.tree.map(lambda x: x[0], retain), nonmember)
+  mask = None
+  if saliency is not None:
+    mask = jax.device_get(fj_unlearn.neuron_mask(original, saliency, fraction=uc.mask_fraction))
+  generator = fj_unlearn.make_generator(
+      uc.generator, original, num_classes=spec["num_classes"], mask=mask,
+      **uc.get("generator_kwargs", ml_collections.ConfigDict()).to_dict())
+  # The stop target: a threshold between the forget set (members) and D_n
+  # (non-members) on the original model, and the rate at which D_n falls
+  # below it.
+  oracle = mia.fit_threshold(forget_scores, ref_scores)
+  target_rate = float(np.mean(np.asarray(ref_scores) < float(oracle.threshold)))
+  if uc.objective in fj_unlearn.RELATIVE_OBJECTIVES:
+    # The same membership threshold anchors the objective's hinge term.
+    reference = {**reference, "threshold": jnp.asarray(oracle.threshold, jnp.float32)}
+  forsaken = fj_unlearn.make_forsaken(
+      model.apply_fn, generator, objective=uc.objective, lr=uc.lr, l1_weight=uc.l1_weight,
+      retain_weight=uc.retain_weight, threshold_weight=uc.threshold_weight,
+      gen_optimizer=optax.adam(uc.generator_lr), mask=mask,
+      max_steps=uc.max_steps, patience=uc.patience, acceptance=uc.acceptance,
+      compiler_options=compiler_options)
+  state = forsaken.init(jax.random.fold_in(jax.random.key(config.seed), 4), original, forget,
+                        retain, reference)
+  return Prepared(
+      forsaken=forsaken, state=state, forget=forget, retain=retain, reference=reference,
+      threshold=jnp.asarray(oracle.threshold if uc.stop_at_target else -jnp.inf, jnp.float32),
+      target_rate=jnp.asarray(target_rate, jnp.float32),
+      oracle_threshold=float(oracle.threshold), num_reference=int(len(ref_idx)))
+
+
 def unlearn(config: ml_collections.ConfigDict, workdir: str,
             stop_after: int | None = None) -> dict[str, Any]:
   """Runs the unlearn phase (see the module docstring).
@@ -102,58 +192,10 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
   data, _ = common.load_upstream_data(config, workdir)
   original, _ = common.load_phase_params(config, workdir, "train", data)
   spec = common.model_spec(config, data)
-  model = common.create_model(spec)
-  rng = np.random.default_rng([config.seed, 3])
-  forget = forget_batch(data, data.splits.forget)
-  retain = _stacked_retain(data, rng, uc.num_retain_batches, uc.batch_size)
-  ref_idx = reference_indices(data, config.scenario)
-  ref_idx = rng.choice(ref_idx, size=min(len(ref_idx), uc.num_reference), replace=False)
-  nonmember = {"image": data.pool.images[ref_idx], "label": data.pool.labels[ref_idx]}
-  mesh = parallel.make_mesh(1)  # a few hundred examples: one device is fastest
-  forget, retain, nonmember, original = jax.device_put((forget, retain, nonmember, original),
-                                                       parallel.replicated(mesh))
-
   start = time.perf_counter()
-
-  compiler_options = uc.get("compiler_options", ml_collections.ConfigDict()).to_dict() or None
-
-  @functools.partial(jax.jit, compiler_options=compiler_options)
-  def prepare(params, forget, retain_batch, nonmember):
-    """Everything the loop needs from the original model, in one compilation."""
-    saliency = None
-    if uc.mask_fraction < 1.0:
-      saliency = fj_unlearn.unit_saliency(model.apply_fn, params, forget, retain_batch)
-    reference = fj_unlearn.compute_reference(model.apply_fn, params, nonmember,
-                                             objective=uc.objective)
-    # The stopping oracle's inputs: the forget set's and D_n's logit-scaled
-    # confidence on the original model.
-    forget_scores = mia.logit_scaled_confidence(model.apply_fn(params, forget["image"]),
-                                                forget["label"])
-    ref_scores = mia.logit_scaled_confidence(model.apply_fn(params, nonmember["image"]),
-                                             nonmember["label"])
-    return saliency, reference, forget_scores, ref_scores
-
-  saliency, reference, forget_scores, ref_scores = prepare(
-      original, forget, jax.tree.map(lambda x: x[0], retain), nonmember)
-  mask = None
-  if saliency is not None:
-    mask = jax.device_get(fj_unlearn.neuron_mask(original, saliency, fraction=uc.mask_fraction))
-  generator = fj_unlearn.make_generator(
-      uc.generator, original, num_classes=spec["num_classes"], mask=mask,
-      **uc.get("generator_kwargs", ml_collections.ConfigDict()).to_dict())
-  # The stop target: a threshold between the forget set (members) and D_n
-  # (non-members) on the original model, and the rate at which D_n falls
-  # below it.
-  oracle = mia.fit_threshold(forget_scores, ref_scores)
-  target_rate = float(np.mean(np.asarray(ref_scores) < float(oracle.threshold)))
-  threshold = jnp.asarray(oracle.threshold if uc.stop_at_target else -jnp.inf, jnp.float32)
-  forsaken = fj_unlearn.make_forsaken(
-      model.apply_fn, generator, objective=uc.objective, lr=uc.lr, l1_weight=uc.l1_weight,
-      retain_weight=uc.retain_weight, gen_optimizer=optax.adam(uc.generator_lr), mask=mask,
-      max_steps=uc.max_steps, patience=uc.patience, compiler_options=compiler_options)
-  state = forsaken.init(jax.random.fold_in(jax.random.key(config.seed), 4), original, forget,
-                        retain, reference)
+  prep = prepare(config, data, spec, original)
   setup_seconds = time.perf_counter() - start
+  mesh = parallel.make_mesh(1)
 
   expected_meta = checkpoints.base_meta(
       PHASE, model=spec, dataset_fingerprint=data.fingerprint(),
@@ -163,7 +205,7 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
   # The loop state is saved as a dict (its "params" entry is the model), so
   # other phases can read the unlearned parameters without this module.
   restored, elapsed_before = common.restore_or_init(
-      phase=PHASE, manager=manager, init=state._asdict, sharding=parallel.replicated(mesh),
+      phase=PHASE, manager=manager, init=prep.state._asdict, sharding=parallel.replicated(mesh),
       expected_meta=expected_meta, check_keys=COMPATIBILITY_KEYS)
   state = fj_unlearn.ForsakenState(**restored)
   already_complete = int(state.stop_reason) != fj_unlearn.STOP_RUNNING
@@ -174,17 +216,24 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
             "elapsed_seconds": elapsed_before + setup_seconds + time.perf_counter() - loop_start}
     checkpoints.save(manager, int(state.step), state=state._asdict(), meta=meta)
 
-  target_rate_arr = jnp.asarray(target_rate, jnp.float32)
   bar = common.progress(uc.max_steps, desc=PHASE, initial=int(state.step),
                         enabled=config.train.get("progress", True))
   steps_this_run = 0
+  # The loop runs inside jax.lax.while_loop, a chunk of steps per call: one
+  # dispatch per chunk instead of per step, and the progress bar and the
+  # checkpoints still see every chunk.
   while int(state.stop_reason) == fj_unlearn.STOP_RUNNING:
-    state, info = parallel.block(forsaken.step(state, forget, retain, reference, threshold,
-                                               target_rate_arr))
-    steps_this_run += 1
-    bar.update(1)
-    bar.set_postfix(loss=f"{float(info['loss']):.4f}",
-                    nonmember_rate=f"{float(info['nonmember_rate']):.2f}")
+    before = int(state.step)
+    until = before + uc.checkpoint_every - before % uc.checkpoint_every
+    if stop_after is not None:
+      until = min(until, before + stop_after - steps_this_run)
+    state = parallel.block(prep.forsaken.run(state, prep.forget, prep.retain, prep.reference,
+                                             prep.threshold, prep.target_rate, until))
+    steps_this_run += int(state.step) - before
+    bar.update(int(state.step) - before)
+    last = int(state.step) - 1
+    bar.set_postfix(loss=f"{float(state.loss_trace[last]):.4f}",
+                    accepted=int(state.num_accepted))
     running = int(state.stop_reason) == fj_unlearn.STOP_RUNNING
     if running and int(state.step) % uc.checkpoint_every == 0:
       save(state, complete=False)
@@ -215,8 +264,8 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
       "accepted_steps": info["accepted"], "nonfinite_steps": info["nonfinite"],
       "stop_reason": info["stop_reason"],
       "best_loss": info["best_loss"] if np.isfinite(info["best_loss"]) else None,
-      "target_threshold": float(oracle.threshold), "target_rate": target_rate,
-      "num_forget": int(len(data.splits.forget)), "num_reference": int(len(ref_idx)),
+      "target_threshold": prep.oracle_threshold, "target_rate": float(prep.target_rate),
+      "num_forget": int(len(data.splits.forget)), "num_reference": prep.num_reference,
       "setup_seconds": setup_seconds, "mask_fraction": float(uc.mask_fraction),
       "generator": uc.generator,
       "objective": uc.objective,

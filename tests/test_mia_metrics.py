@@ -145,7 +145,7 @@ def test_summarize():
   rng = np.random.default_rng(9)
   members, nonmembers = rng.normal(1, 1, 500), rng.normal(0, 1, 400)
   out = metrics.summarize(members, nonmembers)
-  assert set(out) == {"auc", "balanced_accuracy", "threshold", "tpr_at_fpr_0.001",
+  assert set(out) == {"auc", "auc_std", "balanced_accuracy", "threshold", "tpr_at_fpr_0.001",
                       "tpr_at_fpr_0.01", "num_members", "num_nonmembers"}
   assert all(isinstance(v, (float, int)) for v in out.values())
   np.testing.assert_allclose(out["auc"],
@@ -246,3 +246,22 @@ def test_forgetting_rate_bad_inputs_raise():
     forgetting.forgetting_rate(np.array([0, 2]), np.ones(2, bool))
   with pytest.raises(ValueError, match="1-D"):
     forgetting.forgetting_rate(np.ones((2, 2), bool), np.ones((2, 2), bool))
+
+
+def test_auc_standard_error_matches_the_spread_of_simulated_aucs():
+  # Two Gaussian score populations; the empirical spread of the AUC over many
+  # independent draws is what the closed form must predict.
+  roc_auc_score = sklearn.metrics.roc_auc_score
+  rng = np.random.default_rng(0)
+  m, n, mu = 200, 150, 0.8
+  aucs = []
+  for _ in range(1500):
+    pos, neg = rng.normal(mu, 1.0, m), rng.normal(0.0, 1.0, n)
+    aucs.append(roc_auc_score(np.r_[np.ones(m), np.zeros(n)], np.r_[pos, neg]))
+  predicted = metrics.auc_standard_error(float(np.mean(aucs)), m, n)
+  assert abs(predicted - np.std(aucs)) < 0.1 * np.std(aucs)
+  summary = metrics.summarize(rng.normal(mu, 1.0, m), rng.normal(0.0, 1.0, n))
+  assert summary["auc_std"] == pytest.approx(
+      metrics.auc_standard_error(summary["auc"], m, n))
+  with pytest.raises(ValueError, match="at least one"):
+    metrics.auc_standard_error(0.5, 0, 10)

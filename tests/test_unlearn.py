@@ -599,3 +599,67 @@ def test_sharded_update_matches_single_device(tiny, loop, stacked):
     jax.block_until_ready((s_single, s_sharded))
   for a, b in zip(jax.tree.leaves(s_sharded), jax.tree.leaves(s_single)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- relative objective
+
+
+def test_relative_objective_matches_the_reference_under_the_same_parameters(tiny):
+  apply_fn, params, forget, _, nonmember = tiny
+  reference = unlearn.compute_reference(apply_fn, params, nonmember,
+                                        objective="relative_confidence_matching")
+  assert set(reference) == {"image", "label"}
+
+  def distance(p, **kw):
+    return reference_lib.objective_distance(
+        apply_fn(p, forget["image"]), forget["label"], reference,
+        objective="relative_confidence_matching",
+        reference_logits=apply_fn(p, nonmember["image"]), **kw)
+
+  # Independently: W2 between the two sorted samples (same size here).
+  f = np.sort(np.asarray(reference_lib.logit_scaled_confidence(
+      apply_fn(params, forget["image"]), forget["label"])))
+  n = np.sort(np.asarray(reference_lib.logit_scaled_confidence(
+      apply_fn(params, nonmember["image"]), nonmember["label"])))
+  np.testing.assert_allclose(distance(params), np.mean((f - n) ** 2), rtol=1e-5)
+  # No gradient flows through the reference side: the gradient equals that of
+  # the same distance with the reference scores frozen as constants.
+  grad = jax.grad(distance)(params)
+  frozen = apply_fn(params, nonmember["image"])
+  grad_frozen = jax.grad(lambda p: reference_lib.objective_distance(
+      apply_fn(p, forget["image"]), forget["label"], reference,
+      objective="relative_confidence_matching", reference_logits=frozen))(params)
+  for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_frozen)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # The hinge adds threshold_weight * mean(relu(score - threshold)).
+  threshold = float(np.median(f))
+  hinged = reference_lib.objective_distance(
+      apply_fn(params, forget["image"]), forget["label"], {**reference, "threshold": threshold},
+      objective="relative_confidence_matching",
+      reference_logits=apply_fn(params, nonmember["image"]), threshold_weight=10.0)
+  np.testing.assert_allclose(
+      hinged, np.mean((f - n) ** 2) + 10.0 * np.mean(np.maximum(f - threshold, 0.0)), rtol=1e-5)
+  with pytest.raises(ValueError, match="threshold"):
+    distance(params, threshold_weight=1.0)
+  with pytest.raises(ValueError, match="reference_logits"):
+    reference_lib.objective_distance(apply_fn(params, forget["image"]), forget["label"],
+                                     reference, objective="relative_confidence_matching")
+
+
+def test_run_in_chunks_equals_one_run(tiny, stacked):
+  apply_fn, params, forget, _, nonmember = tiny
+  gen = unlearn.make_coordinatewise_generator(num_classes=NUM_CLASSES)
+  reference = unlearn.compute_reference(apply_fn, params, nonmember,
+                                        objective="relative_confidence_matching")
+  fs = unlearn.make_forsaken(apply_fn, gen, objective="relative_confidence_matching", lr=0.05,
+                             retain_weight=0.5, max_steps=6, patience=6,
+                             gen_optimizer=optax.adam(3e-3))
+  state = fs.init(jax.random.key(0), params, forget, stacked, reference)
+  whole = fs.run(state, forget, stacked, reference, -jnp.inf, 1.0)
+  part = fs.run(state, forget, stacked, reference, -jnp.inf, 1.0, 4)
+  jax.block_until_ready(part)
+  assert int(part.step) == 4 and int(part.stop_reason) == unlearn.STOP_RUNNING
+  part = fs.run(part, forget, stacked, reference, -jnp.inf, 1.0, 6)
+  assert int(part.step) == int(whole.step) == 6
+  for a, b in zip(jax.tree.leaves(part), jax.tree.leaves(whole)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

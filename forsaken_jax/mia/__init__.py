@@ -24,6 +24,7 @@ from forsaken_jax.mia.lira import (
 )
 from forsaken_jax.mia.metrics import (
     auc,
+    auc_standard_error,
     balanced_accuracy,
     best_balanced_accuracy,
     roc_auc,
@@ -73,6 +74,7 @@ __all__ = [
     "ThresholdAttack",
     "attack_features",
     "auc",
+    "auc_standard_error",
     "balanced_accuracy",
     "balanced_keep_masks",
     "best_balanced_accuracy",

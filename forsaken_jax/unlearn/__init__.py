@@ -25,14 +25,15 @@ from forsaken_jax.unlearn.generators import (
     make_dense_generator, make_generator)
 from forsaken_jax.unlearn.masking import neuron_mask, unit_saliency
 from forsaken_jax.unlearn.reference import (
-    OBJECTIVES, compute_reference, objective_distance, reference_from_logits)
+    OBJECTIVES, RELATIVE_OBJECTIVES, compute_reference, objective_distance,
+    reference_from_logits)
 from forsaken_jax.unlearn.transform import forsaken_transform
 
 __all__ = [
-    "ACCEPTANCE_RULES", "DENSE_MAX_WEIGHTS", "Features", "Forsaken", "ForsakenState", "GENERATORS", "Generator",
-    "GeneratorState", "GeneratorUpdate", "OBJECTIVES", "STOP_MAX_STEPS", "STOP_PATIENCE",
-    "STOP_REASONS", "STOP_RUNNING", "STOP_TARGET", "UnlearnResult", "apply_dummy_gradient",
-    "compute_reference", "forsaken_transform", "make_coordinatewise_generator",
+    "ACCEPTANCE_RULES", "DENSE_MAX_WEIGHTS", "Features", "Forsaken", "ForsakenState", "GENERATORS",
+    "Generator", "GeneratorState", "GeneratorUpdate", "OBJECTIVES", "RELATIVE_OBJECTIVES",
+    "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_REASONS", "STOP_RUNNING", "STOP_TARGET",
+    "UnlearnResult", "apply_dummy_gradient", "compute_reference", "forsaken_transform", "make_coordinatewise_generator",
     "make_dense_generator", "make_finetune_step", "make_forsaken", "make_generator",
     "make_generator_update", "make_gradient_ascent_step", "neuron_mask", "objective_distance",
     "reference_from_logits", "summarize", "unit_saliency", "unlearn",

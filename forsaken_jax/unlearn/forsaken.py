@@ -175,7 +175,8 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
                           gen_optimizer: optax.GradientTransformation | None = None,
                           mask: Mask | None = None,
                           retain_loss_fn: losses.LossFn = losses.cross_entropy,
-                          kl_epsilon: float = 1e-6) -> GeneratorUpdate:
+                          kl_epsilon: float = 1e-6,
+                          threshold_weight: float = 0.0) -> GeneratorUpdate:
   """Builds one step of the generator's training (the meta-gradient step).
 
   Args:
@@ -191,6 +192,8 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
       defaults to the generator's own mask. ||g||_1 is averaged over it.
     retain_loss_fn: per-example loss for omega.
     kl_epsilon: reference smoothing for the KL objectives.
+    threshold_weight: "relative_confidence_matching" only: weight of the hinge
+      that pushes forget samples below `reference["threshold"]`.
 
   Returns:
     A `GeneratorUpdate` of jitted functions. `update` returns `info` with
@@ -200,7 +203,8 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     is returned unchanged and the candidate equals `model_params`.
   """
   reference_lib.check_objective(objective)
-  for name, value in (("lr", lr), ("l1_weight", l1_weight), ("retain_weight", retain_weight)):
+  for name, value in (("lr", lr), ("l1_weight", l1_weight), ("retain_weight", retain_weight),
+                      ("threshold_weight", threshold_weight)):
     if not value >= 0:
       raise ValueError(f"{name} must be non-negative, got {value!r}")
   tx = optax.adam(1e-4) if gen_optimizer is None else gen_optimizer
@@ -221,6 +225,14 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     reference_lib.check_batch(retain_batch, "retain_batch")
     _check_same_example_shape(forget_batch, retain_batch, "forget_batch", "retain_batch")
 
+  def forget_distance(p, forget_logits, forget_labels, reference):
+    # Relative objectives score the reference batch with the same parameters.
+    reference_logits = (apply_fn(p, reference["image"])
+                        if objective in reference_lib.RELATIVE_OBJECTIVES else None)
+    return reference_lib.objective_distance(
+        forget_logits, forget_labels, reference, objective=objective, kl_epsilon=kl_epsilon,
+        reference_logits=reference_logits, threshold_weight=threshold_weight)
+
   def retain_loss(p, batch):
     return jnp.mean(retain_loss_fn(apply_fn(p, batch["image"]), batch["label"]))
 
@@ -230,9 +242,7 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
 
     def forget_objective(p):
       logits = apply_fn(p, forget_batch["image"])
-      return reference_lib.objective_distance(
-          logits, forget_batch["label"], reference, objective=objective,
-          kl_epsilon=kl_epsilon), logits
+      return forget_distance(p, logits, forget_batch["label"], reference), logits
 
     (distance, logits), forget_grad = jax.value_and_grad(forget_objective, has_aux=True)(
         model_params)
@@ -250,8 +260,7 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     dummy = masking.where_mask(full_mask, dummy)
     candidate = apply_dummy_gradient(model_params, dummy, lr=lr, mask=full_mask)
     forget_logits = apply_fn(candidate, forget_batch["image"])
-    distance = reference_lib.objective_distance(forget_logits, forget_batch["label"], reference,
-                                                objective=objective, kl_epsilon=kl_epsilon)
+    distance = forget_distance(candidate, forget_logits, forget_batch["label"], reference)
     omega = retain_loss(candidate, retain_batch)
     l1 = sum(jnp.sum(jnp.abs(reference_lib.at_least_float32(g)))
              for g in jax.tree.leaves(dummy)) / count
@@ -332,8 +341,11 @@ class Forsaken(NamedTuple):
       stopping; drive it from Python (e.g. with a progress bar) until
       `state.stop_reason != STOP_RUNNING`.
     run: `(state, forget_batch, retain_batch, reference, threshold,
-      target_rate) -> state`: `step` in a `jax.lax.while_loop` until a stop rule
-      fires.
+      target_rate, until_step=max_steps) -> state`: `step` in a
+      `jax.lax.while_loop` until a stop rule fires or `state.step` reaches
+      `until_step` (a runtime value: running in chunks for a progress bar or
+      checkpoints does not recompile). Much faster than driving `step` from
+      Python (no per-step dispatch and transfers).
     generator_update: the underlying `GeneratorUpdate`.
   """
 
@@ -360,6 +372,7 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
                   acceptance: str = "same_batch",
                   retain_loss_fn: losses.LossFn = losses.cross_entropy,
                   kl_epsilon: float = 1e-6,
+                  threshold_weight: float = 0.0,
                   compiler_options: dict[str, Any] | None = None) -> Forsaken:
   """Builds the Forsaken unlearning loop.
 
@@ -381,7 +394,7 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
     apply_fn: `(params, images) -> logits`.
     generator: from `generators.make_*_generator`.
     objective, lr, l1_weight, retain_weight, gen_optimizer, mask,
-      retain_loss_fn, kl_epsilon: see `make_generator_update`.
+      retain_loss_fn, kl_epsilon, threshold_weight: see `make_generator_update`.
     max_steps: step budget (also the length of the traces).
     patience: stop after this many consecutive steps without acceptance.
     score_fn: per-example membership score `(logits, labels) -> [B]`.
@@ -411,7 +424,7 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
   gen_update = make_generator_update(
       apply_fn, generator, objective=objective, lr=lr, l1_weight=l1_weight,
       retain_weight=retain_weight, gen_optimizer=gen_optimizer, mask=mask,
-      retain_loss_fn=retain_loss_fn, kl_epsilon=kl_epsilon)
+      retain_loss_fn=retain_loss_fn, kl_epsilon=kl_epsilon, threshold_weight=threshold_weight)
 
   def init(key, params, forget_batch, retain_batch, reference):
     reference_lib.check_batch(retain_batch, "retain_batch", stacked=True)
@@ -479,9 +492,10 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
     info.update(accepted=accepted, nonmember_rate=rate, stop_reason=new_state.stop_reason)
     return new_state, info
 
-  def run(state, forget_batch, retain_batch, reference, threshold, target_rate):
+  def run(state, forget_batch, retain_batch, reference, threshold, target_rate,
+          until_step=max_steps):
     return jax.lax.while_loop(
-        lambda s: s.stop_reason == STOP_RUNNING,
+        lambda s: (s.stop_reason == STOP_RUNNING) & (s.step < until_step),
         lambda s: step(s, forget_batch, retain_batch, reference, threshold, target_rate)[0],
         state)
 

@@ -116,7 +116,7 @@ def _dense_init(key: jax.Array, num_in: int, hidden: int, num_out: int,
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _coordinatewise_init(key: jax.Array, num_classes: int, hidden: tuple[int, ...],
-                         output_scale: float) -> GenParams:
+                         output_scale: float, skip: tuple[float, float, float]) -> GenParams:
   pairs = list(zip(hidden[:-1], hidden[1:]))
   w_in, w_ctx, w_out, *w_hidden = _scaled_normals(key, [
       ((_NUM_FEATURES, hidden[0]), 1.0 / math.sqrt(_NUM_FEATURES)),
@@ -129,8 +129,8 @@ def _coordinatewise_init(key: jax.Array, num_classes: int, hidden: tuple[int, ..
       "hidden": [{"kernel": w, "bias": jnp.zeros((b,), jnp.float32)}
                  for w, (_, b) in zip(w_hidden, pairs)],
       "out": {"kernel": w_out, "bias": jnp.zeros((), jnp.float32)},
-      # Starts as the RMS-normalized forget gradient (see the factory's docstring).
-      "skip": jnp.array([0.0, 1.0, 0.0], jnp.float32),
+      # Starts as a fixed mix of the RMS-normalized inputs (see the factory's docstring).
+      "skip": jnp.array(skip, jnp.float32),
   }
 
 
@@ -213,7 +213,8 @@ def make_dense_generator(params: Params, *, num_classes: int, mask: Any = None, 
 def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (32, 32),
                                   mask: Any = None, params: Params = None,
                                   output_scale: float = 1e-2, eps: float = 1e-8,
-                                  chunk_size: int = 2**18) -> Generator:
+                                  chunk_size: int = 2**18,
+                                  skip_init: Sequence[float] = (0.0, 1.0, 0.0)) -> Generator:
   """A learned-optimizer-style generator shared across coordinates.
 
   For every coordinate i of every parameter tensor, the same small MLP maps
@@ -230,12 +231,13 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
   The context enters the first layer as one `[hidden]` vector added to every
   coordinate's pre-activation (computed once, not broadcast as an input).
 
-  Initialization: `w_skip = (0, 1, 0)` and a small random output layer
-  (`output_scale`), so the first dummy gradient is essentially the
-  RMS-normalized gradient of the forget objective: `theta - eta * g` starts
-  as a normalized descent step on D, and the meta-gradient learns from there
-  how to trade it off against the retain gradient. All weights (including
-  `w_skip`) are trained.
+  Initialization: `w_skip = skip_init` (default `(0, 1, 0)`) and a small
+  random output layer (`output_scale`), so the first dummy gradient is
+  essentially `skip_init . x_i`: by default the RMS-normalized gradient of the
+  forget objective, i.e. `theta - eta * g` starts as a normalized descent step
+  on D, and the meta-gradient learns from there how to trade it off against
+  the retain gradient; `(0, 1, 1)` starts from a step that descends both. All
+  weights (including `w_skip`) are trained.
 
   The weight count is independent of the model size, so it scales to
   ResNet-18's 11M parameters. Memory is bounded too: the coordinates of all
@@ -256,6 +258,8 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
     output_scale: scale of the MLP output layer's initial weights.
     eps: added to the RMS before dividing.
     chunk_size: coordinates per MLP evaluation (bounds activation memory).
+    skip_init: initial weights of theta, the forget gradient and the retain
+      gradient in the skip connection.
 
   Returns:
     A `Generator`.
@@ -269,6 +273,10 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
     raise ValueError("mask needs params (arrays or ShapeDtypeStructs) to be validated against")
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+  skip_init = tuple(float(w) for w in skip_init)
+  if len(skip_init) != _NUM_FEATURES:
+    raise ValueError(f"skip_init must hold {_NUM_FEATURES} weights (theta, forget gradient, "
+                     f"retain gradient), got {skip_init}")
   full_mask = masking.concrete_mask(params, mask) if mask is not None else None
   masked_indices = None
   if full_mask is not None:
@@ -278,7 +286,7 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
       raise ValueError("mask selects no parameters")
 
   def init(key: jax.Array) -> GenParams:
-    return _coordinatewise_init(key, num_classes, hidden, float(output_scale))
+    return _coordinatewise_init(key, num_classes, hidden, float(output_scale), skip_init)
 
   @jax.checkpoint
   def mlp(gen_params, context_h, x):

@@ -24,6 +24,22 @@ update as a dict of arrays:
   when labels are arbitrary (OOD samples with random labels already have a
   near-uniform mean posterior while each one is memorized with high
   confidence in its own label).
+- `"relative_confidence_matching"` (ours, the default of the experiments):
+  the reference is D_n itself, `{"image", "label"}`, and D is the same
+  Wasserstein distance, but to D_n's logit-scaled confidences under the
+  *current* parameters theta' (held constant by a stop-gradient). Changing the
+  model on the forget set also changes it on look-alike data (unlearning 200
+  memorized photos moves every photo's confidence), so a reference frozen at
+  theta is left behind and the forget set ends up *above* its unseen
+  look-alikes; matching them under the same model is what makes the two
+  indistinguishable to an auditor (docs/RESULTS.md has the comparison).
+  Rank-preserving matching lets the most strongly memorized forget samples
+  take the place of D_n's high tail (look-alikes whose label happens to be
+  the model's natural prediction), where a membership oracle still calls them
+  members; with `threshold_weight > 0` and a `"threshold"` entry in the
+  reference (a membership threshold on the same statistic), D adds
+  `threshold_weight * mean(relu(score - threshold))`, which pushes every
+  forget sample below it.
 
 KL smoothing: `P~ = (P + eps) / (1 + C * eps)` (eps = `kl_epsilon`, 1e-6 by
 default) keeps the KL finite when a class has P_c = 0. Such a class costs
@@ -38,11 +54,18 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+# The membership statistic the objectives match; one implementation for the
+# audit and the unlearner.
+from forsaken_jax.mia.stats import logit_scaled_confidence
+
 Params = Any
 Batch = dict[str, jax.Array]
 Reference = dict[str, jax.Array]
 
-OBJECTIVES = ("paper", "mean_posterior", "confidence_matching")
+OBJECTIVES = ("paper", "mean_posterior", "confidence_matching", "relative_confidence_matching")
+# Objectives whose reference is the non-member batch itself, scored by the
+# model being changed rather than once by the original model.
+RELATIVE_OBJECTIVES = ("relative_confidence_matching",)
 
 __all__ = ["OBJECTIVES", "compute_reference", "logit_scaled_confidence", "objective_distance",
            "reference_from_logits"]
@@ -107,25 +130,6 @@ def check_objective(objective: str) -> None:
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
-def logit_scaled_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """`log p_y - log sum_{j != y} p_j` per example, computed stably.
-
-  The softmax normalizer cancels, so this is `z_y - logsumexp_{j != y} z_j`
-  on the raw logits: no `log(1 - p)` cancellation when p_y is close to 1.
-
-  Args:
-    logits: `[B, C]`.
-    labels: `[B]` integer labels.
-
-  Returns:
-    `[B]` scores; large means confidently labelled (member-like).
-  """
-  num_classes = logits.shape[-1]
-  true = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-  others = jnp.where(jax.nn.one_hot(labels, num_classes, dtype=bool), -jnp.inf, logits)
-  return true - jax.nn.logsumexp(others, axis=-1)
-
-
 def _quantile_levels(n: int) -> jax.Array:
   """Mid-point levels `(k + 0.5) / n`: the quantiles an n-sample empirical CDF represents."""
   return (jnp.arange(n, dtype=jnp.float32) + 0.5) / n
@@ -165,6 +169,9 @@ def reference_from_logits(logits: jax.Array, labels: jax.Array, *, objective: st
     [num_quantiles]}` (sorted) for "confidence_matching".
   """
   check_objective(objective)
+  if objective in RELATIVE_OBJECTIVES:
+    raise ValueError(f"objective {objective!r} has no fixed reference: its reference is the "
+                     "non-member batch itself (use compute_reference)")
   if logits.ndim != 2 or labels.shape != logits.shape[:1]:
     raise ValueError(f"logits must be [N, C] with labels [N]; got logits {logits.shape}, "
                      f"labels {labels.shape}")
@@ -199,10 +206,13 @@ def compute_reference(apply_fn: Callable[[Params, jax.Array], jax.Array], params
     num_quantiles: number of quantiles kept for "confidence_matching".
 
   Returns:
-    The reference dict (see `reference_from_logits`).
+    The reference dict (see `reference_from_logits`); for
+    "relative_confidence_matching", the batch itself.
   """
   check_objective(objective)
   check_batch(batch, "batch")
+  if objective in RELATIVE_OBJECTIVES:
+    return {"image": batch["image"], "label": batch["label"]}
   return _compute_reference(apply_fn, params, batch, objective=objective,
                             num_quantiles=num_quantiles)
 
@@ -216,6 +226,9 @@ def _compute_reference(apply_fn, params, batch, *, objective, num_quantiles):
 
 def check_reference(reference: Reference, objective: str, num_classes: int) -> None:
   """Raises ValueError unless `reference` fits `objective` and the model's classes."""
+  if objective in RELATIVE_OBJECTIVES:
+    check_batch({k: v for k, v in reference.items() if k != "threshold"}, "reference")
+    return
   key = "quantiles" if objective == "confidence_matching" else "probs"
   if not isinstance(reference, dict) or set(reference) != {key}:
     keys = sorted(reference) if isinstance(reference, dict) else type(reference).__name__
@@ -268,15 +281,22 @@ def wasserstein_to_quantiles(scores: jax.Array, quantiles: jax.Array) -> jax.Arr
 
 
 def objective_distance(logits: jax.Array, labels: jax.Array, reference: Reference, *,
-                       objective: str, kl_epsilon: float = 1e-6) -> jax.Array:
+                       objective: str, kl_epsilon: float = 1e-6,
+                       reference_logits: jax.Array | None = None,
+                       threshold_weight: float = 0.0) -> jax.Array:
   """The forget objective D between the forget set's outputs and the reference.
 
   Args:
     logits: `[B, C]` logits of the forget set.
     labels: `[B]` their (assigned) labels.
-    reference: from `reference_from_logits`.
+    reference: from `compute_reference`.
     objective: one of `OBJECTIVES`.
     kl_epsilon: KL smoothing for "paper" / "mean_posterior".
+    reference_logits: "relative_confidence_matching" only: `[N, C]` logits of
+      the reference batch under the same parameters as `logits`; no gradient
+      flows through them.
+    threshold_weight: "relative_confidence_matching" only: weight of the
+      hinge above `reference["threshold"]` (see the module docstring).
 
   Returns:
     Scalar distance (0 when the forget set looks exactly like the reference).
@@ -284,6 +304,19 @@ def objective_distance(logits: jax.Array, labels: jax.Array, reference: Referenc
   check_objective(objective)
   check_reference(reference, objective, logits.shape[-1])
   logits, labels = gather_explicit(at_least_float32(logits)), gather_explicit(labels)
+  if objective in RELATIVE_OBJECTIVES:
+    if reference_logits is None:
+      raise ValueError(f"objective {objective!r} needs reference_logits")
+    ref_scores = logit_scaled_confidence(
+        jax.lax.stop_gradient(gather_explicit(at_least_float32(reference_logits))),
+        gather_explicit(reference["label"]))
+    scores = logit_scaled_confidence(logits, labels)
+    distance = wasserstein_to_quantiles(scores, jnp.sort(ref_scores))
+    if threshold_weight:
+      if "threshold" not in reference:
+        raise ValueError("threshold_weight > 0 needs reference['threshold']")
+      distance += threshold_weight * jnp.mean(jax.nn.relu(scores - reference["threshold"]))
+    return distance
   if objective == "confidence_matching":
     return wasserstein_to_quantiles(logit_scaled_confidence(logits, labels),
                                     reference["quantiles"])

@@ -1,0 +1,151 @@
+r"""Ablations of the unlearning step on a finished run, audited side by side.
+
+    python -m experiments.sweep_unlearn --workdir runs/default [--config ...]
+
+Reads the run's train, shadow and retrain phases (read-only), runs Forsaken
+once per variant below (each a set of overrides of the config's `unlearn`
+section) plus two baselines, applies the evaluate phase's oracles (fitted once
+on the original model) to every result, and prints one table, also written to
+`<workdir>/sweep/results.md`. This is where the choices documented in
+docs/METHOD.md are measured against the alternatives, including the public
+port's defaults. Writes nothing else.
+"""
+
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import cli, common, report
+from experiments import evaluate as evaluate_phase
+from experiments import unlearn as unlearn_phase
+from forsaken_jax import mia, parallel, unlearn as fj_unlearn
+from forsaken_jax.mia import audit
+
+# name -> overrides of config.unlearn
+VARIANTS: dict[str, dict[str, Any]] = {
+    "Forsaken, this config": {},
+    "objective: static confidence matching": {"objective": "confidence_matching",
+                                              "threshold_weight": 0.0},
+    "objective: relative, without the hinge": {"threshold_weight": 0.0},
+    "objective: paper (KL of mean posterior)": {"objective": "paper", "threshold_weight": 0.0},
+    "no neuron mask (all units)": {"mask_fraction": 1.0},
+    "neuron mask 10%": {"mask_fraction": 0.1},
+    "acceptance: best so far (port)": {"acceptance": "best_so_far"},
+    "dense generator (port's design)": {"generator": "dense",
+                                        "generator_kwargs": {"hidden": 64}},
+    "port's defaults (paper objective, eta 0.01, Adam 1e-4, no retain term)": {
+        "objective": "paper", "threshold_weight": 0.0, "lr": 0.01, "l1_weight": 0.01,
+        "retain_weight": 0.0, "generator_lr": 1e-4, "acceptance": "best_so_far",
+        "mask_fraction": 1.0},
+}
+GRADIENT_ASCENT_STEPS = (10, 30)
+
+
+def _with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
+                    ) -> ml_collections.ConfigDict:
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for key, value in overrides.items():
+      config.unlearn[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+  return config
+
+
+def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """Runs every variant and baseline; returns one row per model."""
+  data, _ = common.load_upstream_data(config, workdir)
+  spec = common.model_spec(config, data)
+  model = common.create_model(spec)
+  original, _ = common.load_phase_params(config, workdir, "train", data)
+  retrained, _ = common.load_phase_params(config, workdir, "retrain", data)
+  ctx = evaluate_phase.build_audit(config, workdir, data, original)
+  images = data.pool.images
+  before = evaluate_phase.audit_model(ctx, images, original)
+  seconds = report.phase_seconds(workdir)
+
+  def row(name, params, wall, extra=""):
+    if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params)):
+      common.log(f"[sweep] {name}: parameters are not finite (diverged)")
+      return {"model": name, "test": None, "forget": None, "lira_auc": None, "seconds": wall,
+              "note": f"{extra}; diverged (non-finite parameters)",
+              **{f"fr_{oracle}": None for oracle in audit.ORACLES}}
+    result = evaluate_phase.audit_model(ctx, images, params)
+    rates = audit.forgetting_rates(before.decisions, result.decisions, ctx.masks["forget"])
+    auc = mia.roc_auc(result.scores["lira"][ctx.masks["forget"]],
+                      result.scores["lira"][ctx.masks["matched"]])
+    out = {"model": name, "test": result.accuracy["test"], "forget": result.accuracy["forget"],
+           "lira_auc": float(auc), "seconds": wall, "note": extra}
+    out.update({f"fr_{oracle}": rate.rate for oracle, rate in rates.items()})
+    common.log(f"[sweep] {name}: test {out['test']:.4f}, LiRA AUC {out['lira_auc']:.3f}, "
+               + ", ".join(f"FR {o} {report.pct(out['fr_' + o])}" for o in audit.ORACLES))
+    return out
+
+  rows = [row("original", original, seconds.get("train"), "no unlearning"),
+          row("retrained without the forget set", retrained, seconds.get("retrain"),
+              "the ceiling")]
+  for name, overrides in VARIANTS.items():
+    variant = _with_overrides(config, overrides)
+    start = time.perf_counter()
+    prep = unlearn_phase.prepare(variant, data, spec, original)
+    state = parallel.block(prep.forsaken.run(prep.state, prep.forget, prep.retain, prep.reference,
+                                             prep.threshold, prep.target_rate))
+    wall = time.perf_counter() - start
+    info = fj_unlearn.summarize(state)
+    rows.append(row(name, state.params, wall,
+                    f"{info['steps']} steps, {info['accepted']} accepted, stop: "
+                    f"{info['stop_reason']}"))
+
+  # Gradient ascent on the forget loss: the usual lower bar.
+  uc = config.unlearn
+  forget = unlearn_phase.forget_batch(data, data.splits.forget)
+  for steps in GRADIENT_ASCENT_STEPS:
+    start = time.perf_counter()
+    ascend = fj_unlearn.make_gradient_ascent_step(model.apply_fn, lr=uc.lr)
+    params = original
+    for _ in range(steps):
+      params, _ = parallel.block(ascend(params, forget))
+    rows.append(row(f"gradient ascent, {steps} steps (lr {uc.lr:g})", params,
+                    time.perf_counter() - start, "baseline"))
+  # Fine-tuning on retained data only.
+  tune = fj_unlearn.make_finetune_step(model.apply_fn, optax.adam(config.train.learning_rate))
+  retain_idx = data.splits.retain
+  rng = np.random.default_rng([config.seed, 5])
+  start = time.perf_counter()
+  params, opt_state = original, optax.adam(config.train.learning_rate).init(original)
+  for _ in range(100):
+    idx = rng.choice(retain_idx, size=uc.batch_size, replace=False)
+    params, opt_state, _ = parallel.block(
+        tune(params, opt_state, {"image": images[idx], "label": data.pool.labels[idx]}))
+  rows.append(row("fine-tuning on retained data, 100 steps", params, time.perf_counter() - start,
+                  "baseline"))
+
+  table = markdown_table(rows)
+  common.log(table)
+  if common.is_main_process():
+    os.makedirs(os.path.join(workdir, "sweep"), exist_ok=True)
+    with open(os.path.join(workdir, "sweep", "results.md"), "w") as f:
+      f.write(table + "\n")
+  return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+  """The sweep's rows as a markdown table."""
+  lines = ["| model | test acc. | forget acc. | FR Shokri | FR LiRA | FR loss | "
+           "LiRA AUC forget vs look-alikes | wall s | note |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+  for r in rows:
+    wall = "n/a" if r["seconds"] is None else f"{r['seconds']:.1f}"
+    lines.append(
+        f"| {r['model']} | {report.pct(r['test'])} | {report.pct(r['forget'])} | "
+        f"{report.pct(r['fr_shokri'])} | {report.pct(r['fr_lira'])} | {report.pct(r['fr_loss'])} | "
+        f"{'n/a' if r['lira_auc'] is None else format(r['lira_auc'], '.3f')} | {wall} | "
+        f"{r['note']} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  cli.run(sweep)
