@@ -43,7 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "retain_weight": 0.0, "generator_lr": 1e-4, "acceptance": "best_so_far",
         "mask_fraction": 1.0},
 }
-GRADIENT_ASCENT_STEPS = (10, 30)
+# Gradient-ascent baselines: (step size as a multiple of unlearn.lr, steps).
+GRADIENT_ASCENT_RUNS = ((1.0, 10), (1.0, 30), (10.0, 10))
 
 
 def _with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
@@ -102,13 +103,13 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   # Gradient ascent on the forget loss: the usual lower bar.
   uc = config.unlearn
   forget = unlearn_phase.forget_batch(data, data.splits.forget)
-  for steps in GRADIENT_ASCENT_STEPS:
+  for multiple, steps in GRADIENT_ASCENT_RUNS:
     start = time.perf_counter()
-    ascend = fj_unlearn.make_gradient_ascent_step(model.apply_fn, lr=uc.lr)
+    ascend = fj_unlearn.make_gradient_ascent_step(model.apply_fn, lr=uc.lr * multiple)
     params = original
     for _ in range(steps):
       params, _ = parallel.block(ascend(params, forget))
-    rows.append(row(f"gradient ascent, {steps} steps (lr {uc.lr:g})", params,
+    rows.append(row(f"gradient ascent, {steps} steps (lr {uc.lr * multiple:g})", params,
                     time.perf_counter() - start, "baseline"))
   # Fine-tuning on retained data only.
   tune = fj_unlearn.make_finetune_step(model.apply_fn, optax.adam(config.train.learning_rate))

@@ -6,7 +6,7 @@ fake CPU devices, a GPU box or a TPU pod slice. Stacked shadow models use a
 `("model",)` axis instead (see `forsaken_jax.mia.shadow.stacked_sharding`).
 """
 
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -71,6 +71,26 @@ def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   """Places a pytree on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def padded_chunks(images: np.ndarray, chunk: int) -> Iterator[tuple[np.ndarray, int]]:
+  """Splits a host array into `chunk`-row pieces, zero-padding the last one.
+
+  A jitted function then sees one shape and compiles once.
+
+  Args:
+    images: `[N, ...]` host array.
+    chunk: rows per piece.
+
+  Yields:
+    `(piece [chunk, ...], number of real rows in it)`.
+  """
+  for start in range(0, len(images), chunk):
+    part = np.asarray(images[start:start + chunk])
+    real = len(part)
+    if real < chunk:
+      part = np.concatenate([part, np.zeros((chunk - real, *part.shape[1:]), part.dtype)])
+    yield part, real
 
 
 def block(tree: Any) -> Any:

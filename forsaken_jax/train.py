@@ -122,16 +122,9 @@ def make_predict_fn(apply_fn: ApplyFn, mesh: jax.sharding.Mesh | None = None
     num = len(images)
     if num == 0:
       raise ValueError("predict needs at least one image, got an empty array")
-    chunk = min(batch_size, -(-num // mesh.size) * mesh.size)
-    chunk = -(-chunk // mesh.size) * mesh.size
-    outputs = []
-    for start in range(0, num, chunk):
-      part = np.asarray(images[start:start + chunk])
-      pad = chunk - len(part)
-      if pad:
-        part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
-      logits = forward(params, parallel.shard_batch(part, mesh))
-      outputs.append(np.asarray(logits)[:chunk - pad])
+    chunk = -(-min(batch_size, num) // mesh.size) * mesh.size  # a multiple of the devices
+    outputs = [np.asarray(forward(params, parallel.shard_batch(part, mesh)))[:real]
+               for part, real in parallel.padded_chunks(images, chunk)]
     return np.concatenate(outputs).astype(np.float32)
 
   return predict

@@ -430,14 +430,9 @@ def make_stacked_predict_fn(apply_fn: ApplyFn, mesh: jax.sharding.Mesh | None = 
     chunk = -(-min(batch_size, num) // data_size) * data_size
     fn = compiled_for(resolved)
     stacked_params = jax.device_put(stacked_params, stacked_sharding(resolved))
-    outputs = []
-    for start in range(0, num, chunk):
-      part = np.asarray(images[start:start + chunk])
-      pad = chunk - len(part)
-      if pad:
-        part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
-      # np.asarray blocks on each chunk, as CPU loops over sharded calls must.
-      outputs.append(np.asarray(fn(stacked_params, part))[:, :chunk - pad])
+    # np.asarray blocks on each chunk, as CPU loops over sharded calls must.
+    outputs = [np.asarray(fn(stacked_params, part))[:, :real]
+               for part, real in parallel.padded_chunks(images, chunk)]
     return np.concatenate(outputs, axis=1).astype(np.float32)
 
   return predict
