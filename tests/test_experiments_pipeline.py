@@ -421,3 +421,28 @@ def test_cli_rejects_bad_arguments(tmp_path, args, message):
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-3000:]
   assert not os.path.exists(workdir)
+
+
+# --- the ablation sweep -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sweep_audits_every_variant_and_writes_only_its_table(run):
+  from experiments import sweep_unlearn  # pylint: disable=g-import-not-at-top
+  workdir = run["workdir"]
+  before = _snapshot(workdir)
+  rows = sweep_unlearn.sweep(run["config"], workdir)
+  changed = _changed(before, _snapshot(workdir))
+  assert changed == {os.path.join("sweep", "results.md")}
+  expected = (2 + len(sweep_unlearn.VARIANTS) + len(sweep_unlearn.GRADIENT_ASCENT_RUNS) + 1)
+  assert len(rows) == expected
+  # The reference rows agree with the evaluate phase's audit of the same models.
+  metrics = run["metrics"]
+  original, retrained = rows[0], rows[1]
+  assert original["test"] == pytest.approx(metrics["accuracy"]["original"]["test"])
+  assert retrained["test"] == pytest.approx(metrics["accuracy"]["retrained"]["test"])
+  for oracle in ("shokri", "lira", "loss"):
+    assert retrained[f"fr_{oracle}"] == metrics["forgetting_rate"]["retrained"][oracle]["rate"]
+  with open(os.path.join(workdir, "sweep", "results.md")) as f:
+    table = f.read()
+  assert table.count("\n") == expected + 2  # header, rule, one line per row
