@@ -57,6 +57,9 @@ def headline_table(results: Mapping[str, Any]) -> str:
 
   acc = results["accuracy"]
   row("test accuracy", [pct(acc[m]["test"]) for m in models])
+  if "test_other_classes" in acc[models[0]]:
+    row("test accuracy, classes not forgotten", [pct(acc[m]["test_other_classes"])
+                                                 for m in models])
   row("forget-set accuracy", [pct(acc[m]["forget"]) for m in models])
   row("retained-set accuracy", [pct(acc[m]["retain"]) for m in models])
   fr = results.get("forgetting_rate", {})

@@ -7,7 +7,7 @@ the MLP, 8,000 steps), without inserted photos; the forget set is a random
 10% of the members (240 images). Unlike memorized outliers, random
 in-distribution samples are barely distinguishable from unseen ones even on
 the original model, so forgetting rates here rest on few "memorized" samples
-(docs/RESULTS.md reports them as measured). About 20 minutes on a 2-core CPU.
+(docs/RESULTS.md reports them as measured). About 25 minutes on a 2-core CPU.
 """
 
 import ml_collections
@@ -21,4 +21,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.scenario.num_ood = 0
   config.scenario.num_forget_ood = 0
   config.scenario.forget_fraction = 0.10
+  # Random members are in-distribution: pushing them below the membership
+  # threshold moves every similar image with them, so the hinge is kept weak
+  # and the steps small to stay within two points of test accuracy
+  # (docs/RESULTS.md shows the stronger settings and what they cost).
+  config.unlearn.lr = 3e-4
+  config.unlearn.threshold_weight = 10.0
   return config
