@@ -4,7 +4,8 @@ r"""Ablations of the unlearning step on a finished run, audited side by side.
 
 Reads the run's train, shadow and retrain phases (read-only), runs Forsaken
 once per variant below (each a set of overrides of the config's `unlearn`
-section) plus two baselines, applies the evaluate phase's oracles (fitted once
+section), then once per entry of the config's `sweep.variants` (a scenario's
+own trade-offs), plus two baselines, applies the evaluate phase's oracles (fitted once
 on the original model) to every result, and prints one table, also written to
 `<workdir>/sweep/results.md`. This is where the choices documented in
 docs/METHOD.md are measured against the alternatives, including the public
@@ -88,7 +89,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   rows = [row("original", original, seconds.get("train"), "no unlearning"),
           row("retrained without the forget set", retrained, seconds.get("retrain"),
               "the ceiling")]
-  for name, overrides in VARIANTS.items():
+  extra = config.sweep.variants.to_dict() if "sweep" in config else {}
+  for name, overrides in {**VARIANTS, **extra}.items():
     variant = _with_overrides(config, overrides)
     start = time.perf_counter()
     prep = unlearn_phase.prepare(variant, data, spec, original)

@@ -126,7 +126,7 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
   mesh = parallel.make_mesh(1)  # a few hundred examples: one device is fastest
   forget, retain, nonmember, original = jax.device_put((forget, retain, nonmember, original),
                                                        parallel.replicated(mesh))
-  compiler_options = uc.get("compiler_options", ml_collections.ConfigDict()).to_dict() or None
+  compiler_options = {"xla_backend_optimization_level": 0} if uc.fast_compile else None
 
   @functools.partial(jax.jit, compiler_options=compiler_options)
   def inputs(params, forget, retain_batch, nonmember):

@@ -430,12 +430,17 @@ def test_cli_rejects_bad_arguments(tmp_path, args, message):
 def test_sweep_audits_every_variant_and_writes_only_its_table(run):
   from experiments import sweep_unlearn  # pylint: disable=g-import-not-at-top
   workdir = run["workdir"]
+  config = run["config"].copy_and_resolve_references()
+  # A scenario's own variant (config.sweep.variants) is run after the standard ones.
+  config.sweep.variants = {"two steps only": {"max_steps": 2, "stop_at_target": False}}
   before = _snapshot(workdir)
-  rows = sweep_unlearn.sweep(run["config"], workdir)
+  rows = sweep_unlearn.sweep(config, workdir)
   changed = _changed(before, _snapshot(workdir))
   assert changed == {os.path.join("sweep", "results.md")}
-  expected = (2 + len(sweep_unlearn.VARIANTS) + len(sweep_unlearn.GRADIENT_ASCENT_RUNS) + 1)
+  expected = (2 + len(sweep_unlearn.VARIANTS) + 1 + len(sweep_unlearn.GRADIENT_ASCENT_RUNS) + 1)
   assert len(rows) == expected
+  extra = rows[2 + len(sweep_unlearn.VARIANTS)]
+  assert extra["model"] == "two steps only" and extra["note"].startswith("2 steps")
   # The reference rows agree with the evaluate phase's audit of the same models.
   metrics = run["metrics"]
   original, retrained = rows[0], rows[1]

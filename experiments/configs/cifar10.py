@@ -44,7 +44,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.unlearn.mask_fraction = 0.05
   config.unlearn.batch_size = 256
   config.unlearn.num_reference = 500
-  config.unlearn.compiler_options = ml_collections.ConfigDict()  # accelerators: full optimization
   if arg == "runlocal":
     config.scenario.num_members = 1_000
     config.scenario.num_nonmembers = 500

@@ -3,7 +3,7 @@ r"""Forget one whole class.
     python -m experiments.main --config experiments/configs/forget_class.py --workdir runs/class
 
 The default pipeline's data, model and training, without inserted photos; the
-forget set is every member of one class (class 0, "T-shirt/top": about 240
+forget set is every member of one class (class 0, "T-shirt/top": 215
 images). The reference non-members D_n are unseen images of the *other*
 classes, and the objective is the paper's: KL(mean posterior of the forget set
 || P) with P the reference's per-class confidence profile, which gives the

@@ -4,7 +4,7 @@ r"""Forget a random 10% of the members (the common random-sample benchmark).
 
 The default pipeline's data, model and training (2,400 Fashion-MNIST members,
 the MLP, 8,000 steps), without inserted photos; the forget set is a random
-10% of the members (240 images). Unlike memorized outliers, random
+10% of the members (200 images). Unlike memorized outliers, random
 in-distribution samples are barely distinguishable from unseen ones even on
 the original model, so forgetting rates here rest on few "memorized" samples
 (docs/RESULTS.md reports them as measured). About 25 minutes on a 2-core CPU.
@@ -27,4 +27,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (docs/RESULTS.md shows the stronger settings and what they cost).
   config.unlearn.lr = 3e-4
   config.unlearn.threshold_weight = 10.0
+  # The stronger settings, for `python -m experiments.sweep_unlearn`.
+  config.sweep.variants = {
+      "lr 3e-4, threshold weight 100": {"threshold_weight": 100.0},
+      "lr 1e-4, threshold weight 100": {"lr": 1e-4, "threshold_weight": 100.0},
+      "lr 3e-4, threshold weight 30, patience 40": {"threshold_weight": 30.0, "patience": 40},
+      "lr 1e-3, threshold weight 100 (the default scenario's)": {"lr": 1e-3,
+                                                                 "threshold_weight": 100.0},
+  }
   return config

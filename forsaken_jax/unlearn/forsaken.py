@@ -407,9 +407,8 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
       steps.
 
     compiler_options: XLA options for the jitted functions, e.g.
-      `{"xla_backend_optimization_level": 0}`: the loop runs for tens of
-      steps, so on CPU compiling faster can matter more than the last bit of
-      code quality (measured in docs/RESULTS.md).
+      `{"xla_backend_optimization_level": 0}` trades code quality for
+      compile time (on CPU, docs/RESULTS.md measures what that buys).
 
   Returns:
     A `Forsaken` of jitted functions.
