@@ -451,3 +451,32 @@ def test_sweep_audits_every_variant_and_writes_only_its_table(run):
   with open(os.path.join(workdir, "sweep", "results.md")) as f:
     table = f.read()
   assert table.count("\n") == expected + 2  # header, rule, one line per row
+
+
+# --- the unlearning-time benchmark --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bench_unlearn_times_both_settings_without_touching_the_run(run):
+  before = _snapshot(run["workdir"])
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.bench_unlearn", "--workdir", run["workdir"],
+       "--config", "experiments/configs/digits.py:runlocal", "--repeats", "1",
+       f"--config.dataset.data_dir={run['config'].dataset.data_dir}",
+       f"--config.unlearn.max_steps={UNLEARN_STEPS}", "--config.unlearn.stop_at_target=False",
+       f"--config.unlearn.patience={UNLEARN_STEPS + 1}"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _changed(before, _snapshot(run["workdir"])) == set()
+  rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
+          if line.startswith("| True") or line.startswith("| False")]
+  assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+      ("False", "first run"), ("False", "warm cache"), ("True", "first run"), ("True", "warm cache")]
+  for row in rows:
+    assert float(row[3]) > 0 and int(row[4]) == UNLEARN_STEPS
+  # The share of retraining is computed from the run's own retrain summary.
+  with open(os.path.join(run["workdir"], "retrain", "summary.json")) as f:
+    retrain_seconds = json.load(f)["train_seconds"]
+  for row in rows:  # (the table rounds seconds to 0.01 and shares to 0.1%)
+    assert float(row[5].strip(" %")) == pytest.approx(
+        100 * float(row[3]) / retrain_seconds, abs=0.05 + 0.5 / retrain_seconds)
