@@ -4,9 +4,11 @@ r"""Unlearning wall time: first run vs a warm compilation cache, against retrain
         [--config.section.key=value ...]
 
 The unlearn phase's wall time includes tracing and compiling its programs. A
-first request on a machine pays XLA compilation; later requests of the same
-shapes load the programs from JAX's persistent cache (the experiments keep
-one) and pay only tracing. This script reruns the unlearn phase of a finished
+first request on a machine pays XLA compilation; repeating it loads the
+programs from JAX's persistent cache (the experiments keep one) and pays only
+tracing. (The neuron mask is compiled into the loop, so a request with
+another forget set, hence another mask, compiles the loop again.) This
+script reruns the unlearn phase of a finished
 run (its train and retrain phases are read, never written) in fresh
 processes, each in a scratch workdir holding a copy of the train phase:
 

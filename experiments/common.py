@@ -48,8 +48,9 @@ def maybe_initialize_distributed() -> None:
 def enable_compilation_cache() -> None:
   """Keeps compiled XLA programs on disk across runs (JAX's persistent cache).
 
-  A second run with the same shapes (a rerun, another scenario of the same
-  size, the next unlearning request) then skips most compilation. The cache
+  A second run of the same programs (a rerun, another scenario of the same
+  sizes, the same unlearning request again) then skips most compilation. The
+  cache
   lives in $FORSAKEN_JAX_COMPILATION_CACHE (default
   ~/.cache/forsaken_jax/jax_compilation_cache); set it to "" to disable.
   """
