@@ -8,9 +8,9 @@ first request on a machine pays XLA compilation; repeating it loads the
 programs from JAX's persistent cache (the experiments keep one) and pays only
 tracing. (The neuron mask is compiled into the loop, so a request with
 another forget set, hence another mask, compiles the loop again.) This
-script reruns the unlearn phase of a finished
-run (its train and retrain phases are read, never written) in fresh
-processes, each in a scratch workdir holding a copy of the train phase:
+script reruns the unlearn phase of a finished run (its train and retrain
+phases are read, never written) in fresh processes, each in a scratch
+workdir holding a copy of the train phase:
 
 * for `unlearn.fast_compile` False (the default) and True (XLA optimization
   level 0), side by side;
@@ -76,7 +76,7 @@ def main() -> None:
       for label, runs in (("first run", [first]), ("warm cache", warm)):
         total = statistics.median(r["unlearn_seconds"] for r in runs)
         rows.append((fast_compile, label, statistics.median(r["setup_seconds"] for r in runs),
-                     total, first["steps"]))
+                     total, runs[0]["steps"]))
         print(f"fast_compile={fast_compile} {label}: {total:.2f} s", flush=True)
 
   print(f"\nretraining (from {retrain_summary}): {retrain_seconds:.1f} s\n")

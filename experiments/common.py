@@ -50,8 +50,7 @@ def enable_compilation_cache() -> None:
 
   A second run of the same programs (a rerun, another scenario of the same
   sizes, the same unlearning request again) then skips most compilation. The
-  cache
-  lives in $FORSAKEN_JAX_COMPILATION_CACHE (default
+  cache lives in $FORSAKEN_JAX_COMPILATION_CACHE (default
   ~/.cache/forsaken_jax/jax_compilation_cache); set it to "" to disable.
   """
   directory = os.environ.get("FORSAKEN_JAX_COMPILATION_CACHE", os.path.join(

@@ -5,11 +5,11 @@ r"""Ablations of the unlearning step on a finished run, audited side by side.
 Reads the run's train, shadow and retrain phases (read-only), runs Forsaken
 once per variant below (each a set of overrides of the config's `unlearn`
 section), then once per entry of the config's `sweep.variants` (a scenario's
-own trade-offs), plus two baselines, applies the evaluate phase's oracles (fitted once
-on the original model) to every result, and prints one table, also written to
-`<workdir>/sweep/results.md`. This is where the choices documented in
-docs/METHOD.md are measured against the alternatives, including the public
-port's defaults. Writes nothing else.
+own trade-offs), plus two baselines, applies the evaluate phase's oracles
+(fitted once on the original model) to every result, and prints one table,
+also written to `<workdir>/sweep/results.md`. This is where the choices
+documented in docs/METHOD.md are measured against the alternatives, including
+the public port's defaults. Writes nothing else.
 """
 
 import os
@@ -89,8 +89,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   rows = [row("original", original, seconds.get("train"), "no unlearning"),
           row("retrained without the forget set", retrained, seconds.get("retrain"),
               "the ceiling")]
-  extra = config.sweep.variants.to_dict() if "sweep" in config else {}
-  for name, overrides in {**VARIANTS, **extra}.items():
+  for name, overrides in {**VARIANTS, **config.sweep.variants.to_dict()}.items():
     variant = _with_overrides(config, overrides)
     start = time.perf_counter()
     prep = unlearn_phase.prepare(variant, data, spec, original)
