@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -93,8 +94,9 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
     variant = _with_overrides(config, overrides)
     start = time.perf_counter()
     prep = unlearn_phase.prepare(variant, data, spec, original)
-    state = parallel.block(prep.forsaken.run(prep.state, prep.forget, prep.retain, prep.reference,
-                                             prep.threshold, prep.target_rate))
+    state = parallel.block(prep.run(prep.state, prep.forget, prep.retain, prep.reference,
+                                    prep.threshold, prep.target_rate,
+                                    jnp.int32(variant.unlearn.max_steps)))
     wall = time.perf_counter() - start
     info = fj_unlearn.summarize(state)
     rows.append(row(name, state.params, wall,

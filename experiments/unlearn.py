@@ -27,10 +27,11 @@ model to the unlearned one (saliency, reference, generator, compilation and
 the loop included), the counterpart of the retrain phase's training time.
 """
 
+import concurrent.futures
 import functools
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +90,9 @@ class Prepared(NamedTuple):
   """A Forsaken loop ready to run on one run's data (see `prepare`)."""
 
   forsaken: fj_unlearn.Forsaken
+  # The compiled `forsaken.run`: `(state, forget, retain, reference,
+  # threshold, target_rate, until_step) -> state`, until_step an int32 array.
+  run: Callable[..., fj_unlearn.ForsakenState]
   state: fj_unlearn.ForsakenState  # the initial loop state
   forget: dict[str, jax.Array]
   retain: dict[str, jax.Array]  # stacked [K, B, ...]
@@ -99,12 +103,22 @@ class Prepared(NamedTuple):
   num_reference: int
 
 
+def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+  """ShapeDtypeStructs of `tree`'s leaves, placed with `sharding`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
 def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spec: dict[str, Any],
             original: Any) -> Prepared:
   """Builds everything the unlearning loop needs from the original model.
 
   Saliency and neuron mask, reference, stopping oracle, generator, compiled
   loop and its initial state. Timed as part of unlearning by the caller.
+
+  The loop depends on the data only through shapes (the neuron mask is a
+  runtime input padded to a fixed capacity), so it is compiled on a
+  background thread while the setup computes its inputs: XLA compilation
+  releases the GIL and the two overlap.
 
   Args:
     config: the experiment config (section `unlearn`).
@@ -127,6 +141,7 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
   forget, retain, nonmember, original = jax.device_put((forget, retain, nonmember, original),
                                                        parallel.replicated(mesh))
   compiler_options = {"xla_backend_optimization_level": 0} if uc.fast_compile else None
+  relative = uc.objective in fj_unlearn.RELATIVE_OBJECTIVES
 
   @functools.partial(jax.jit, compiler_options=compiler_options)
   def inputs(params, forget, retain_batch, nonmember):
@@ -136,6 +151,10 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
       saliency = fj_unlearn.unit_saliency(model.apply_fn, params, forget, retain_batch)
     reference = fj_unlearn.compute_reference(model.apply_fn, params, nonmember,
                                              objective=uc.objective)
+    if relative:
+      # Filled in below with the stopping oracle's threshold, which also
+      # anchors the objective's hinge term.
+      reference["threshold"] = jnp.zeros((), jnp.float32)
     # The stopping oracle's inputs: the forget set's and D_n's logit-scaled
     # confidence on the original model.
     forget_scores = mia.logit_scaled_confidence(model.apply_fn(params, forget["image"]),
@@ -144,32 +163,52 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
                                              nonmember["label"])
     return saliency, reference, forget_scores, ref_scores
 
-  saliency, reference, forget_scores, ref_scores = inputs(
-      original, forget, jax.tree.map(lambda x: x[0], retain), nonmember)
-  mask = None
-  if saliency is not None:
-    mask = jax.device_get(fj_unlearn.neuron_mask(original, saliency, fraction=uc.mask_fraction))
+  capacity = None
+  if uc.mask_fraction < 1.0:
+    # The mask enters the loop as a runtime input padded to the most
+    # coordinates any mask of this fraction can select: the loop compiled
+    # for one forget set serves every other one on this architecture.
+    capacity = fj_unlearn.neuron_mask_capacity(original, fraction=uc.mask_fraction)
   generator = fj_unlearn.make_generator(
-      uc.generator, original, num_classes=spec["num_classes"], mask=mask,
+      uc.generator, original, num_classes=spec["num_classes"], capacity=capacity,
       **uc.get("generator_kwargs", ml_collections.ConfigDict()).to_dict())
-  # The stop target: a threshold between the forget set (members) and D_n
-  # (non-members) on the original model, and the rate at which D_n falls
-  # below it.
-  oracle = mia.fit_threshold(forget_scores, ref_scores)
-  target_rate = float(np.mean(np.asarray(ref_scores) < float(oracle.threshold)))
-  if uc.objective in fj_unlearn.RELATIVE_OBJECTIVES:
-    # The same membership threshold anchors the objective's hinge term.
-    reference = {**reference, "threshold": jnp.asarray(oracle.threshold, jnp.float32)}
   forsaken = fj_unlearn.make_forsaken(
       model.apply_fn, generator, objective=uc.objective, lr=uc.lr, l1_weight=uc.l1_weight,
       retain_weight=uc.retain_weight, threshold_weight=uc.threshold_weight,
-      gen_optimizer=optax.adam(uc.generator_lr), mask=mask,
+      gen_optimizer=optax.adam(uc.generator_lr), mask_capacity=capacity,
       max_steps=uc.max_steps, patience=uc.patience, acceptance=uc.acceptance,
       compiler_options=compiler_options)
-  state = forsaken.init(jax.random.fold_in(jax.random.key(config.seed), 4), original, forget,
-                        retain, reference)
+  key = jax.random.fold_in(jax.random.key(config.seed), 4)
+  retain_first = jax.tree.map(lambda x: x[0], retain)
+
+  reference_shape = jax.eval_shape(inputs, original, forget, retain_first, nonmember)[1]
+  mask_shape = None if capacity is None else fj_unlearn.PackedMask(
+      jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.bool_), original),
+      jax.ShapeDtypeStruct((capacity,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
+  state_shape = jax.eval_shape(
+      lambda: forsaken.init(key, original, forget, retain, reference_shape, mask=mask_shape))
+  run_args = _abstract((state_shape, forget, retain, reference_shape,
+                        jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32),
+                        jax.ShapeDtypeStruct((), jnp.int32)), parallel.replicated(mesh))
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    compiled_run = pool.submit(lambda: forsaken.run.lower(*run_args).compile())
+
+    saliency, reference, forget_scores, ref_scores = inputs(original, forget, retain_first,
+                                                            nonmember)
+    mask = None
+    if saliency is not None:
+      mask = jax.device_get(fj_unlearn.neuron_mask(original, saliency, fraction=uc.mask_fraction))
+    # The stop target: a threshold between the forget set (members) and D_n
+    # (non-members) on the original model, and the rate at which D_n falls
+    # below it.
+    oracle = mia.fit_threshold(forget_scores, ref_scores)
+    target_rate = float(np.mean(np.asarray(ref_scores) < float(oracle.threshold)))
+    if relative:
+      reference = {**reference, "threshold": jnp.asarray(oracle.threshold, jnp.float32)}
+    state = forsaken.init(key, original, forget, retain, reference, mask=mask)
+    run = compiled_run.result()
   return Prepared(
-      forsaken=forsaken, state=state, forget=forget, retain=retain, reference=reference,
+      forsaken=forsaken, run=run, state=state, forget=forget, retain=retain, reference=reference,
       threshold=jnp.asarray(oracle.threshold if uc.stop_at_target else -jnp.inf, jnp.float32),
       target_rate=jnp.asarray(target_rate, jnp.float32),
       oracle_threshold=float(oracle.threshold), num_reference=int(len(ref_idx)))
@@ -227,8 +266,8 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
     until = before + uc.checkpoint_every - before % uc.checkpoint_every
     if stop_after is not None:
       until = min(until, before + stop_after - steps_this_run)
-    state = parallel.block(prep.forsaken.run(state, prep.forget, prep.retain, prep.reference,
-                                             prep.threshold, prep.target_rate, until))
+    state = parallel.block(prep.run(state, prep.forget, prep.retain, prep.reference,
+                                    prep.threshold, prep.target_rate, jnp.int32(until)))
     steps_this_run += int(state.step) - before
     bar.update(int(state.step) - before)
     last = int(state.step) - 1

@@ -473,10 +473,17 @@ def test_bench_unlearn_times_both_settings_without_touching_the_run(run):
   assert [(r[0].strip(), r[1].strip()) for r in rows] == [
       ("False", "first run"), ("False", "warm cache"), ("True", "first run"), ("True", "warm cache")]
   for row in rows:
-    assert float(row[3]) > 0 and int(row[4]) == UNLEARN_STEPS
+    assert row[2].strip() == run["workdir"]
+    assert float(row[4]) > 0 and int(row[5]) == UNLEARN_STEPS
   # The share of retraining is computed from the run's own retrain summary.
   with open(os.path.join(run["workdir"], "retrain", "summary.json")) as f:
     retrain_seconds = json.load(f)["train_seconds"]
   for row in rows:  # (the table rounds seconds to 0.01 and shares to 0.1%)
-    assert float(row[5].strip(" %")) == pytest.approx(
-        100 * float(row[3]) / retrain_seconds, abs=0.05 + 0.5 / retrain_seconds)
+    assert float(row[6].strip(" %")) == pytest.approx(
+        100 * float(row[4]) / retrain_seconds, abs=0.05 + 0.5 / retrain_seconds)
+  # "Another forget set" needs a run with another seed.
+  same = subprocess.run(
+      [sys.executable, "-m", "experiments.bench_unlearn", "--workdir", run["workdir"],
+       "--other-workdir", run["workdir"]], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=120, check=False)
+  assert same.returncode != 0 and "it must be a run with another seed" in same.stderr

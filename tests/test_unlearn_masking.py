@@ -129,6 +129,116 @@ def test_neuron_mask_drives_a_masked_generator(mlp):
     assert np.any(np.asarray(c)[m] != np.asarray(p)[m])
 
 
+def _random_masks(params, fraction, seeds):
+  """Neuron masks of `fraction` for random saliencies."""
+  return [unlearn.neuron_mask(params, jax.tree.map(
+      lambda p, r=np.random.default_rng(seed): r.random(p.shape[-1]), params), fraction=fraction)
+          for seed in seeds]
+
+
+def test_pack_mask(mlp):
+  _, params, *_ = mlp
+  mask = jax.tree.map(lambda p: np.arange(p.size).reshape(p.shape) % 3 == 0, params)
+  total = masking.mask_size(params, None)
+  packed = unlearn.pack_mask(params, mask, capacity=40)
+  flat = np.concatenate([np.reshape(m, -1) for m in jax.tree.leaves(mask)])
+  count = int(flat.sum())
+  assert int(packed.count) == count and packed.indices.shape == (40,)
+  np.testing.assert_array_equal(packed.indices[:count], np.flatnonzero(flat))
+  assert np.all(packed.indices[count:] == total)  # padding: out of range
+  assert masking.masks_equal(packed.mask, mask)
+  exact = unlearn.pack_mask(params, mask)
+  assert exact.indices.shape == (count,)
+  assert int(unlearn.pack_mask(params, None).count) == total
+  with pytest.raises(ValueError, match="more than capacity"):
+    unlearn.pack_mask(params, mask, capacity=count - 1)
+  with pytest.raises(ValueError, match="selects no parameters"):
+    unlearn.pack_mask(params, jax.tree.map(lambda p: False, params))
+  with pytest.raises(ValueError, match="mask must have the structure"):
+    unlearn.pack_mask(params, {"Dense_0": True})
+
+
+def test_neuron_mask_capacity_bounds_every_mask_and_is_reached(mlp):
+  _, params, *_ = mlp
+  # Dense_0: 6 units of 5 coordinates (4 inputs + bias); Dense_1: 3 units of 7.
+  for fraction in (0.2, 0.5, 1.0):
+    capacity = unlearn.neuron_mask_capacity(params, fraction=fraction)
+    sizes = [masking.mask_size(params, m) for m in _random_masks(params, fraction, range(20))]
+    assert max(sizes) <= capacity
+    # Saliency favouring the units with the most coordinates reaches it.
+    favour = {"Dense_0": {"kernel": np.zeros(6), "bias": np.zeros(6)},
+              "Dense_1": {"kernel": np.ones(3), "bias": np.ones(3)}}
+    fullest = unlearn.neuron_mask(params, favour, fraction=fraction)
+    assert masking.mask_size(params, fullest) == capacity
+  assert unlearn.neuron_mask_capacity(params, fraction=0.2) == 2 * 7  # ceil(0.2 * 9) units
+  per_layer = unlearn.neuron_mask_capacity(params, fraction=0.5, per_layer=True)
+  assert per_layer == 3 * 5 + 2 * 7
+  for seed in range(3):
+    saliency = jax.tree.map(lambda p, r=np.random.default_rng(seed): r.random(p.shape[-1]), params)
+    m = unlearn.neuron_mask(params, saliency, fraction=0.5, per_layer=True)
+    assert masking.mask_size(params, m) == per_layer
+  with pytest.raises(ValueError, match="fraction"):
+    unlearn.neuron_mask_capacity(params, fraction=0.0)
+
+
+def test_runtime_masks_share_one_compiled_loop(mlp):
+  """A new mask (a new forget set) reuses the loop compiled for the first one."""
+  apply_fn, params, forget, retain = mlp
+  fraction = 0.4
+  capacity = unlearn.neuron_mask_capacity(params, fraction=fraction)
+  masks = _random_masks(params, fraction, (1, 2, 3))
+  assert len({masking.mask_size(params, m) for m in masks}) > 1  # different sizes, one program
+  gen = unlearn.make_coordinatewise_generator(num_classes=NUM_CLASSES, output_scale=1.0)
+  ref = unlearn.compute_reference(apply_fn, params, retain, objective="confidence_matching")
+  kwargs = dict(objective="confidence_matching", lr=0.05, retain_weight=0.5, max_steps=4,
+                patience=4, gen_optimizer=optax.adam(1e-2))
+  fs = unlearn.make_forsaken(apply_fn, gen, mask_capacity=capacity, **kwargs)
+  threshold, target = jnp.float32(-jnp.inf), jnp.float32(1.0)
+  for mask in masks:
+    state = fs.init(jax.random.key(0), params, forget, retain, ref, mask=mask)
+    state = fs.run(state, forget, retain, ref, threshold, target)
+    assert int(state.num_accepted) > 0
+    for p, q, m in zip(*map(jax.tree.leaves, (params, state.params, mask))):
+      np.testing.assert_array_equal(np.asarray(q)[~m], np.asarray(p)[~m])
+      assert np.any(np.asarray(q)[m] != np.asarray(p)[m])
+    # The same loop with the mask compiled in (no padding) takes the same steps.
+    static = unlearn.make_forsaken(apply_fn, gen, mask=mask, **kwargs)
+    expected = static.run(static.init(jax.random.key(0), params, forget, retain, ref), forget,
+                          retain, ref, threshold, target)
+    np.testing.assert_allclose(state.loss_trace, expected.loss_trace, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert fs.run._cache_size() == 1
+  with pytest.raises(ValueError, match="runtime masks of capacity"):
+    fs.init(jax.random.key(0), params, forget, retain, ref)
+  too_big = jax.tree.map(lambda p: np.ones(p.shape, bool), params)
+  with pytest.raises(ValueError, match="more than capacity"):
+    fs.init(jax.random.key(0), params, forget, retain, ref, mask=too_big)
+
+
+def test_dense_generator_with_runtime_masks(mlp):
+  apply_fn, params, forget, retain = mlp
+  capacity = unlearn.neuron_mask_capacity(params, fraction=0.4)
+  gen = unlearn.make_generator("dense", params, num_classes=NUM_CLASSES, capacity=capacity,
+                               output_scale=1.0)
+  assert gen.capacity == capacity
+  feats = unlearn.Features(params, params, params, jnp.full((NUM_CLASSES,), 1 / NUM_CLASSES))
+  phi = gen.init(jax.random.key(0))
+  apply = jax.jit(gen.apply)
+  for mask in _random_masks(params, 0.4, (1, 2)):
+    g = apply(phi, feats, unlearn.pack_mask(params, mask, capacity=capacity))
+    for gi, m in zip(jax.tree.leaves(g), jax.tree.leaves(mask)):
+      assert np.all(np.asarray(gi)[~m] == 0) and np.all(np.asarray(gi)[m] != 0)
+  assert apply._cache_size() == 1
+  with pytest.raises(ValueError, match="runtime masks of capacity"):
+    gen.apply(phi, feats)
+  with pytest.raises(ValueError, match="was built for"):
+    gen.apply(phi, feats, unlearn.pack_mask(params, _random_masks(params, 0.4, (1,))[0]))
+  with pytest.raises(ValueError, match="not both"):
+    unlearn.make_generator("dense", params, num_classes=NUM_CLASSES, capacity=capacity,
+                           mask=_random_masks(params, 0.4, (1,))[0])
+
+
 # ----------------------------------------------------------------------------- transform
 
 

@@ -32,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "lr 3e-4, threshold weight 100": {"threshold_weight": 100.0},
       "lr 1e-4, threshold weight 100": {"lr": 1e-4, "threshold_weight": 100.0},
       "lr 3e-4, threshold weight 30, patience 40": {"threshold_weight": 30.0, "patience": 40},
-      "lr 1e-3, threshold weight 100 (the default scenario's)": {"lr": 1e-3,
-                                                                 "threshold_weight": 100.0},
+      "lr 1e-3, threshold weight 100": {"lr": 1e-3, "threshold_weight": 100.0},
+      "lr 1e-3, threshold weight 300 (the default scenario's)": {"lr": 1e-3,
+                                                                 "threshold_weight": 300.0},
   }
   return config

@@ -23,7 +23,8 @@ from forsaken_jax.unlearn.forsaken import (
 from forsaken_jax.unlearn.generators import (
     DENSE_MAX_WEIGHTS, GENERATORS, Features, Generator, make_coordinatewise_generator,
     make_dense_generator, make_generator)
-from forsaken_jax.unlearn.masking import neuron_mask, unit_saliency
+from forsaken_jax.unlearn.masking import (
+    PackedMask, neuron_mask, neuron_mask_capacity, pack_mask, unit_saliency)
 from forsaken_jax.unlearn.reference import (
     OBJECTIVES, RELATIVE_OBJECTIVES, compute_reference, objective_distance,
     reference_from_logits)
@@ -31,10 +32,11 @@ from forsaken_jax.unlearn.transform import forsaken_transform
 
 __all__ = [
     "ACCEPTANCE_RULES", "DENSE_MAX_WEIGHTS", "Features", "Forsaken", "ForsakenState", "GENERATORS",
-    "Generator", "GeneratorState", "GeneratorUpdate", "OBJECTIVES", "RELATIVE_OBJECTIVES",
+    "Generator", "GeneratorState", "GeneratorUpdate", "OBJECTIVES", "PackedMask", "RELATIVE_OBJECTIVES",
     "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_REASONS", "STOP_RUNNING", "STOP_TARGET",
     "UnlearnResult", "apply_dummy_gradient", "compute_reference", "forsaken_transform", "make_coordinatewise_generator",
     "make_dense_generator", "make_finetune_step", "make_forsaken", "make_generator",
-    "make_generator_update", "make_gradient_ascent_step", "neuron_mask", "objective_distance",
+    "make_generator_update", "make_gradient_ascent_step", "neuron_mask", "neuron_mask_capacity",
+    "objective_distance", "pack_mask",
     "reference_from_logits", "summarize", "unit_saliency", "unlearn",
 ]

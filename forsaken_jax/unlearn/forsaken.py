@@ -153,11 +153,13 @@ class GeneratorUpdate(NamedTuple):
 
   Attributes:
     init: `(key) -> GeneratorState`.
-    update: `(gen_state, model_params, forget_batch, retain_batch, reference)
-      -> (new_gen_state, candidate_params, info)`.
-    loss: `(gen_params, model_params, forget_batch, retain_batch, reference)
-      -> (loss, aux)`: L(phi) at the given phi, aux holding its terms and the
-      candidate.
+    update: `(gen_state, model_params, forget_batch, retain_batch, reference,
+      mask=None) -> (new_gen_state, candidate_params, info)`; `mask`, a
+      runtime `masking.PackedMask`, replaces the concrete mask the update was
+      built with.
+    loss: `(gen_params, model_params, forget_batch, retain_batch, reference,
+      mask=None) -> (loss, aux)`: L(phi) at the given phi, aux holding its
+      terms and the candidate.
     features: `(model_params, forget_batch, retain_batch, reference) ->
       (Features, baseline_loss)`: the generator's input at theta and the loss
       of leaving theta unchanged (g = 0).
@@ -189,7 +191,9 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
       loss); our knob for keeping accuracy.
     gen_optimizer: optimizer of phi; default `optax.adam(1e-4)`.
     mask: None or a concrete mask of the coordinates theta' may differ in;
-      defaults to the generator's own mask. ||g||_1 is averaged over it.
+      defaults to the generator's own mask. ||g||_1 is averaged over it. A
+      `masking.PackedMask` passed to `update`/`loss` at run time takes its
+      place (one compilation then serves every mask of that capacity).
     retain_loss_fn: per-example loss for omega.
     kl_epsilon: reference smoothing for the KL objectives.
     threshold_weight: "relative_confidence_matching" only: weight of the hinge
@@ -253,9 +257,14 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     baseline = distance + retain_weight * omega
     return feats, baseline
 
-  def loss_at(gen_params, feats, model_params, forget_batch, retain_batch, reference):
-    full_mask, count = prepared_mask(model_params)
-    dummy = generator.apply(gen_params, feats)
+  def loss_at(gen_params, feats, model_params, forget_batch, retain_batch, reference,
+              runtime_mask):
+    if runtime_mask is None:
+      full_mask, count = prepared_mask(model_params)
+      dummy = generator.apply(gen_params, feats)
+    else:
+      full_mask, count = runtime_mask.mask, runtime_mask.count
+      dummy = generator.apply(gen_params, feats, runtime_mask)
     _check_params_like(dummy, model_params, "generator output", "model_params")
     dummy = masking.where_mask(full_mask, dummy)
     candidate = apply_dummy_gradient(model_params, dummy, lr=lr, mask=full_mask)
@@ -273,14 +282,14 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     gen_params = generator.init(key)
     return GeneratorState(gen_params, tx.init(gen_params))
 
-  def loss(gen_params, model_params, forget_batch, retain_batch, reference):
+  def loss(gen_params, model_params, forget_batch, retain_batch, reference, mask=None):
     feats, _ = features(model_params, forget_batch, retain_batch, reference)
-    return loss_at(gen_params, feats, model_params, forget_batch, retain_batch, reference)
+    return loss_at(gen_params, feats, model_params, forget_batch, retain_batch, reference, mask)
 
-  def update(gen_state, model_params, forget_batch, retain_batch, reference):
+  def update(gen_state, model_params, forget_batch, retain_batch, reference, mask=None):
     feats, baseline = features(model_params, forget_batch, retain_batch, reference)
     (value, aux), grads = jax.value_and_grad(loss_at, has_aux=True)(
-        gen_state.params, feats, model_params, forget_batch, retain_batch, reference)
+        gen_state.params, feats, model_params, forget_batch, retain_batch, reference, mask)
     candidate = aux.pop("candidate")
     finite = jnp.isfinite(value) & _all_finite(grads) & _all_finite(candidate)
     updates, opt_state = tx.update(grads, gen_state.opt_state, gen_state.params)
@@ -316,6 +325,9 @@ class ForsakenState(NamedTuple):
     accepted_trace: `[max_steps]` bool, whether each step was accepted.
     rate_trace: `[max_steps]` fraction of the forget batch judged non-member
       (score below threshold) on the model after each step; NaN if not run.
+    mask: the `masking.PackedMask` the loop restricts the dummy gradient
+      to, or None for no mask. A runtime input, so a new mask (a new forget
+      set) reuses the compiled loop when packed to the same capacity.
   """
 
   params: Params
@@ -329,13 +341,17 @@ class ForsakenState(NamedTuple):
   loss_trace: jax.Array
   accepted_trace: jax.Array
   rate_trace: jax.Array
+  mask: Any = None
 
 
 class Forsaken(NamedTuple):
   """Jitted functions of the unlearning loop (see `make_forsaken`).
 
   Attributes:
-    init: `(key, params, forget_batch, retain_batch, reference) -> ForsakenState`.
+    init: `(key, params, forget_batch, retain_batch, reference, mask=None)
+      -> ForsakenState`; `mask` (a concrete mask, packed to the loop's
+      capacity, or a `masking.PackedMask`) replaces the mask the loop was
+      built with.
     step: `(state, forget_batch, retain_batch, reference, threshold,
       target_rate) -> (state, info)`: one generator step with acceptance and
       stopping; drive it from Python (e.g. with a progress bar) until
@@ -373,6 +389,7 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
                   retain_loss_fn: losses.LossFn = losses.cross_entropy,
                   kl_epsilon: float = 1e-6,
                   threshold_weight: float = 0.0,
+                  mask_capacity: int | None = None,
                   compiler_options: dict[str, Any] | None = None) -> Forsaken:
   """Builds the Forsaken unlearning loop.
 
@@ -390,6 +407,12 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
   forget-set rate is reached) plugs in without recompiling; pass
   `threshold=-inf` to disable the rule.
 
+  The mask is a runtime input too: `init` packs it (`masking.pack_mask`) into
+  the loop state, padded to `mask_capacity` coordinates. With a capacity that
+  bounds every mask of interest (`masking.neuron_mask_capacity` for neuron
+  masks of a given fraction), the compiled loop serves every forget set of
+  the same size; without one, each mask size compiles its own loop.
+
   Args:
     apply_fn: `(params, images) -> logits`.
     generator: from `generators.make_*_generator`.
@@ -405,8 +428,9 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
       accepted loss so far; with retained batches cycled, that compares
       losses measured on different batches, so batch noise rejects good
       steps.
-
-    compiler_options: XLA options for the jitted functions, e.g.
+    mask_capacity: the number of coordinates masks are padded to; default
+      the generator's `capacity`, else each mask's own size.
+    compiler_options: XLA options for `step` and `run`, e.g.
       `{"xla_backend_optimization_level": 0}` trades code quality for
       compile time (on CPU, docs/RESULTS.md measures what that buys).
 
@@ -420,12 +444,30 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
   if patience < 1:
     raise ValueError(f"patience must be positive, got {patience}")
   score_fn = reference_lib.logit_scaled_confidence if score_fn is None else score_fn
+  default_mask = generator.mask if mask is None else mask
+  if mask_capacity is None:
+    mask_capacity = generator.capacity
   gen_update = make_generator_update(
       apply_fn, generator, objective=objective, lr=lr, l1_weight=l1_weight,
       retain_weight=retain_weight, gen_optimizer=gen_optimizer, mask=mask,
       retain_loss_fn=retain_loss_fn, kl_epsilon=kl_epsilon, threshold_weight=threshold_weight)
 
-  def init(key, params, forget_batch, retain_batch, reference):
+  def pack(params, chosen):
+    """The loop's runtime mask: `chosen`, else the build-time mask, packed."""
+    if isinstance(chosen, masking.PackedMask):
+      if mask_capacity is not None and jnp.shape(chosen.indices) != (mask_capacity,):
+        raise ValueError(f"mask packs {jnp.shape(chosen.indices)} coordinates, this loop was "
+                         f"built for a capacity of {mask_capacity}")
+      return chosen
+    chosen = default_mask if chosen is None else chosen
+    if chosen is None:
+      if mask_capacity is not None:
+        raise ValueError(f"this loop's generator takes runtime masks of capacity {mask_capacity}; "
+                         "pass init(..., mask=...)")
+      return None
+    return masking.pack_mask(params, chosen, capacity=mask_capacity)
+
+  def init(key, params, forget_batch, retain_batch, reference, packed_mask):
     reference_lib.check_batch(retain_batch, "retain_batch", stacked=True)
     if acceptance == "best_so_far":
       _, baseline = gen_update.features(params, forget_batch, _select_batch(retain_batch, 0),
@@ -447,12 +489,14 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
         loss_trace=jnp.full((max_steps,), jnp.nan, jnp.float32),
         accepted_trace=jnp.zeros((max_steps,), bool),
         rate_trace=jnp.full((max_steps,), jnp.nan, jnp.float32),
+        mask=packed_mask,
     )
 
   def step(state, forget_batch, retain_batch, reference, threshold, target_rate):
     reference_lib.check_batch(retain_batch, "retain_batch", stacked=True)
     gen, candidate, info = gen_update.update(state.gen, state.params, forget_batch,
-                                             _select_batch(retain_batch, state.step), reference)
+                                             _select_batch(retain_batch, state.step), reference,
+                                             state.mask)
     loss = info["loss"].astype(jnp.float32)
     if acceptance == "best_so_far":
       bar = state.best_loss
@@ -486,6 +530,7 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
         loss_trace=state.loss_trace.at[state.step].set(loss),
         accepted_trace=state.accepted_trace.at[state.step].set(accepted),
         rate_trace=state.rate_trace.at[state.step].set(rate),
+        mask=state.mask,
     )
     info = {k: v for k, v in info.items() if k != "forget_logits"}
     info.update(accepted=accepted, nonmember_rate=rate, stop_reason=new_state.stop_reason)
@@ -499,7 +544,14 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
         state)
 
   jit = functools.partial(jax.jit, compiler_options=compiler_options)
-  return Forsaken(jit(init), jit(step), jit(run), gen_update)
+  # init is trivial to compile, and without options it can be traced inside
+  # other transformations (jax.eval_shape of the loop's state).
+  jitted_init = jax.jit(init)
+
+  def init_with_mask(key, params, forget_batch, retain_batch, reference, mask=None):
+    return jitted_init(key, params, forget_batch, retain_batch, reference, pack(params, mask))
+
+  return Forsaken(init_with_mask, jit(step), jit(run), gen_update)
 
 
 def summarize(state: ForsakenState) -> dict[str, Any]:

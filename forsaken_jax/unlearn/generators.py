@@ -21,7 +21,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
-import numpy as np
 
 from forsaken_jax.unlearn import masking
 from forsaken_jax.unlearn.reference import at_least_float32
@@ -63,15 +62,28 @@ class Generator(NamedTuple):
 
   Attributes:
     init: `(key) -> gen_params`.
-    apply: `(gen_params, Features) -> dummy_grad` with params' structure;
-      zero outside `mask`.
+    apply: `(gen_params, Features, mask=None) -> dummy_grad` with params'
+      structure, zero outside the mask: the runtime `masking.PackedMask`
+      passed in, else the mask the generator was built with.
     mask: the concrete (numpy bool) mask the generator was built for, or None
       when it covers every parameter.
+    capacity: the `PackedMask` capacity `apply` requires, or None when it
+      takes any (the coordinatewise generator).
   """
 
   init: Callable[[jax.Array], GenParams]
-  apply: Callable[[GenParams, Features], Params]
+  apply: Callable[..., Params]
   mask: Any
+  capacity: int | None = None
+
+
+def _packed_indices(packed: masking.PackedMask, params: Params) -> jax.Array:
+  """The packed mask's index vector, after checking it against params."""
+  masking.check_mask(params, packed.mask)
+  indices = jnp.asarray(packed.indices)
+  if indices.ndim != 1:
+    raise ValueError(f"mask.indices must be a vector, got shape {indices.shape}")
+  return indices
 
 
 def _check_context(context: jax.Array, num_classes: int) -> None:
@@ -80,8 +92,11 @@ def _check_context(context: jax.Array, num_classes: int) -> None:
                      f"{jnp.shape(context)}")
 
 
-def _rms_normalize(x: jax.Array, eps: float) -> jax.Array:
-  return x / (jnp.sqrt(jnp.mean(jnp.square(x))) + eps)
+def _rms_normalize(x: jax.Array, eps: float, count: jax.Array | None = None) -> jax.Array:
+  """`x / rms(x)`; with `count`, the RMS of the first `count` entries' worth
+  (entries beyond it are zero padding)."""
+  mean_square = jnp.mean(jnp.square(x)) if count is None else jnp.sum(jnp.square(x)) / count
+  return x / (jnp.sqrt(mean_square) + eps)
 
 
 def _scaled_normals(key: jax.Array, specs: list[tuple[tuple[int, ...], float]]) -> list[jax.Array]:
@@ -135,7 +150,7 @@ def _coordinatewise_init(key: jax.Array, num_classes: int, hidden: tuple[int, ..
 
 
 def make_dense_generator(params: Params, *, num_classes: int, mask: Any = None, hidden: int = 64,
-                         output_scale: float = 1e-2,
+                         output_scale: float = 1e-2, capacity: int | None = None,
                          max_weights: int = DENSE_MAX_WEIGHTS) -> Generator:
   """The dense generator of the public port, built correctly.
 
@@ -150,6 +165,10 @@ def make_dense_generator(params: Params, *, num_classes: int, mask: Any = None, 
   subset (see `masking.neuron_mask`); for larger models use
   `make_coordinatewise_generator`.
 
+  With `capacity`, n is that number instead and the mask comes at run time:
+  `apply` takes a `masking.PackedMask` of that capacity, its k-th input and
+  output being the mask's k-th selected coordinate (padding is ignored).
+
   Args:
     params: the model's parameters, or `jax.ShapeDtypeStruct`s of them (only
       shapes are read).
@@ -160,6 +179,8 @@ def make_dense_generator(params: Params, *, num_classes: int, mask: Any = None, 
     output_scale: scale of the output layer's initial weights. Small, so the
       first dummy gradients are small perturbations (|g_i| ~ output_scale)
       rather than a large random step; the output bias starts at 0.
+    capacity: None, or the size of the runtime masks `apply` will be given
+      (e.g. `masking.neuron_mask_capacity`); then `mask` must be None.
     max_weights: refuse to build above this many generator weights (the
       default allows about 500k coordinates at hidden=64).
 
@@ -172,15 +193,15 @@ def make_dense_generator(params: Params, *, num_classes: int, mask: Any = None, 
     raise ValueError(f"hidden must be positive, got {hidden}")
   full_mask = masking.concrete_mask(params, mask)
   num_total = masking.mask_size(params, None)
-  if full_mask is None:
-    indices = None
-    num_out = num_total
+  built = None if full_mask is None else masking.pack_mask(params, full_mask)
+  if capacity is not None:
+    if full_mask is not None:
+      raise ValueError("give the dense generator a mask or a capacity for runtime masks, not both")
+    if not 0 < capacity <= num_total:
+      raise ValueError(f"capacity must be in [1, {num_total}], got {capacity}")
+    num_out = int(capacity)
   else:
-    flat_mask = np.concatenate([np.reshape(m, -1) for m in jax.tree.leaves(full_mask)])
-    indices = np.flatnonzero(flat_mask).astype(np.int32)
-    num_out = int(indices.size)
-    if num_out == 0:
-      raise ValueError("mask selects no parameters")
+    num_out = num_total if built is None else int(built.count)
   num_in = num_out + num_classes
   num_weights = num_in * hidden + hidden + hidden * num_out + num_out
   if num_weights > max_weights:
@@ -192,22 +213,35 @@ def make_dense_generator(params: Params, *, num_classes: int, mask: Any = None, 
   def init(key: jax.Array) -> GenParams:
     return _dense_init(key, num_in, hidden, num_out, float(output_scale))
 
-  def apply(gen_params: GenParams, features: Features) -> Params:
+  def apply(gen_params: GenParams, features: Features,
+            mask: masking.PackedMask | None = None) -> Params:
     _check_context(features.context, num_classes)
     flat, unravel = ravel_pytree(features.params)
     if flat.shape != (num_total,):
       raise ValueError(f"features.params has {flat.shape[0]} coordinates, the generator was "
                        f"built for {num_total}")
-    x = flat if indices is None else flat[indices]
-    x = _rms_normalize(at_least_float32(x), 1e-8)
+    packed = built if mask is None else mask
+    if packed is None and capacity is not None:
+      raise ValueError(f"this dense generator was built for runtime masks of capacity "
+                       f"{capacity}; pass apply(..., mask=PackedMask)")
+    if packed is None:
+      x, count = flat, None
+    else:
+      indices = _packed_indices(packed, features.params)
+      if indices.shape != (num_out,):
+        raise ValueError(f"the mask packs {indices.shape[0]} coordinates, the dense generator "
+                         f"was built for {num_out}")
+      x, count = flat.at[indices].get(mode="fill", fill_value=0), packed.count
+    x = _rms_normalize(at_least_float32(x), 1e-8, count)
     x = jnp.concatenate([x, at_least_float32(features.context)])
     h = jax.nn.relu(x @ gen_params["hidden"]["kernel"] + gen_params["hidden"]["bias"])
     out = h @ gen_params["out"]["kernel"] + gen_params["out"]["bias"]
-    if indices is not None:
-      out = jnp.zeros((num_total,), out.dtype).at[indices].set(out)
-    return unravel(out.astype(flat.dtype))
+    if packed is not None:
+      out = jnp.zeros((num_total,), out.dtype).at[indices].set(out, mode="drop")
+    out = unravel(out.astype(flat.dtype))
+    return out if packed is None else masking.where_mask(packed.mask, out)
 
-  return Generator(init, apply, full_mask)
+  return Generator(init, apply, full_mask, None if capacity is None else int(capacity))
 
 
 def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (32, 32),
@@ -253,7 +287,10 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
     num_classes: C, the length of the context vector.
     hidden: widths of the MLP's hidden layers (at least one).
     mask: None, or a concrete mask; outputs outside it are zero. Requires
-      `params` (or ShapeDtypeStructs) to validate it.
+      `params` (or ShapeDtypeStructs) to validate it. A runtime
+      `masking.PackedMask` passed to `apply` takes its place: only its
+      coordinates go through the MLP, and one compiled program serves every
+      mask of its capacity.
     params: the model's parameters (only needed with `mask`).
     output_scale: scale of the MLP output layer's initial weights.
     eps: added to the RMS before dividing.
@@ -278,12 +315,7 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
     raise ValueError(f"skip_init must hold {_NUM_FEATURES} weights (theta, forget gradient, "
                      f"retain gradient), got {skip_init}")
   full_mask = masking.concrete_mask(params, mask) if mask is not None else None
-  masked_indices = None
-  if full_mask is not None:
-    masked_indices = np.flatnonzero(np.concatenate(
-        [np.reshape(m, -1) for m in jax.tree.leaves(full_mask)])).astype(np.int32)
-    if masked_indices.size == 0:
-      raise ValueError("mask selects no parameters")
+  built = None if full_mask is None else masking.pack_mask(params, full_mask)
 
   def init(key: jax.Array) -> GenParams:
     return _coordinatewise_init(key, num_classes, hidden, float(output_scale), skip_init)
@@ -296,7 +328,8 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
       h = jax.nn.relu(h @ layer["kernel"] + layer["bias"])
     return h @ gen_params["out"]["kernel"] + gen_params["out"]["bias"] + x @ gen_params["skip"]
 
-  def apply(gen_params: GenParams, features: Features) -> Params:
+  def apply(gen_params: GenParams, features: Features,
+            mask: masking.PackedMask | None = None) -> Params:
     _check_context(features.context, num_classes)
     context_h = (at_least_float32(features.context) @ gen_params["input"]["context"] +
                  gen_params["input"]["bias"])
@@ -305,7 +338,8 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
       if jax.tree.structure(getattr(features, name)) != treedef:
         raise ValueError(f"features.{name} must have the structure of features.params; got "
                          f"{jax.tree.structure(getattr(features, name))}, expected {treedef}")
-    masking.check_mask(features.params, full_mask)
+    packed = built if mask is None else mask
+    indices = None if packed is None else _packed_indices(packed, features.params)
     triples = zip(thetas, jax.tree.leaves(features.forget_grad),
                   jax.tree.leaves(features.retain_grad))
     x = jnp.concatenate([
@@ -313,30 +347,32 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
         for triple in triples
     ])
     total = x.shape[0]
-    if masked_indices is not None:
+    if indices is not None:
       # Only the coordinates the mask lets change go through the MLP: with
-      # neuron masking that is a small fraction of the model.
-      x = x[masked_indices]
+      # neuron masking that is a small fraction of the model. Padding
+      # entries (out of range) read zeros and their outputs are dropped.
+      x = x.at[indices].get(mode="fill", fill_value=0)
     count = x.shape[0]
     chunk = min(chunk_size, count)
     num_chunks = -(-count // chunk)
     x = jnp.pad(x, ((0, num_chunks * chunk - count), (0, 0)))
     x = x.reshape(num_chunks, chunk, _NUM_FEATURES)
     flat = jax.lax.map(lambda xc: mlp(gen_params, context_h, xc), x).reshape(-1)[:count]
-    if masked_indices is not None:
-      flat = jnp.zeros((total,), flat.dtype).at[masked_indices].set(flat)
+    if indices is not None:
+      flat = jnp.zeros((total,), flat.dtype).at[indices].set(flat, mode="drop")
     out, start = [], 0
     for theta in thetas:
       size = math.prod(jnp.shape(theta))
       out.append(flat[start:start + size].reshape(jnp.shape(theta)).astype(theta.dtype))
       start += size
-    return masking.where_mask(full_mask, jax.tree.unflatten(treedef, out))
+    return masking.where_mask(None if packed is None else packed.mask,
+                              jax.tree.unflatten(treedef, out))
 
   return Generator(init, apply, full_mask)
 
 
 def make_generator(name: str, params: Params, *, num_classes: int, mask: Any = None,
-                   **kwargs: Any) -> Generator:
+                   capacity: int | None = None, **kwargs: Any) -> Generator:
   """Builds the generator called `name` (one of `GENERATORS`).
 
   Args:
@@ -344,13 +380,20 @@ def make_generator(name: str, params: Params, *, num_classes: int, mask: Any = N
     params: the model's parameters (or ShapeDtypeStructs).
     num_classes: number of model outputs.
     mask: None or a concrete mask.
+    capacity: None, or the capacity of the runtime `masking.PackedMask`s the
+      generator will be applied with (then `mask` must be None). Only the
+      dense generator's weights depend on it; the coordinatewise generator
+      takes runtime masks of any capacity.
     **kwargs: passed to the generator's factory.
 
   Returns:
     A `Generator`.
   """
+  if capacity is not None and mask is not None:
+    raise ValueError("give a mask or a capacity for runtime masks, not both")
   if name == "dense":
-    return make_dense_generator(params, num_classes=num_classes, mask=mask, **kwargs)
+    return make_dense_generator(params, num_classes=num_classes, mask=mask, capacity=capacity,
+                                **kwargs)
   if name == "coordinatewise":
     return make_coordinatewise_generator(num_classes=num_classes, mask=mask, params=params,
                                          **kwargs)

@@ -21,7 +21,7 @@ scalar `True` selects a whole tensor).
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,8 @@ Params = Any
 Mask = Any
 Batch = dict[str, jax.Array]
 
-__all__ = ["check_mask", "mask_size", "neuron_mask", "unit_groups", "unit_saliency"]
+__all__ = ["PackedMask", "check_mask", "mask_size", "neuron_mask", "neuron_mask_capacity",
+           "pack_mask", "unit_groups", "unit_saliency"]
 
 
 def _leaf_shapes(tree: Params) -> list[tuple[int, ...]]:
@@ -100,6 +101,59 @@ def mask_size(params: Params, mask: Mask | None) -> int:
     return sum(math.prod(s) for s in _leaf_shapes(params))
   full = concrete_mask(params, mask)
   return int(sum(np.count_nonzero(m) for m in jax.tree.leaves(full)))
+
+
+class PackedMask(NamedTuple):
+  """A mask as runtime arrays, padded to a fixed number of coordinates.
+
+  Compiled code that takes a `PackedMask` as an argument (rather than closing
+  over a concrete mask) is compiled once per `capacity`: any mask of at most
+  that many coordinates, e.g. the neuron mask of a new forget set, reuses it.
+
+  Attributes:
+    mask: bool leaves of the params' shapes.
+    indices: `int32 [capacity]`: the selected coordinates' positions in the
+      concatenation of the flattened leaves (in `jax.tree.leaves` order),
+      ascending, padded with the total number of coordinates (out of range).
+    count: `int32 []`: how many entries of `indices` are real.
+  """
+
+  mask: Mask
+  indices: Any
+  count: Any
+
+
+def pack_mask(params: Params, mask: Mask | None, *, capacity: int | None = None) -> PackedMask:
+  """Packs a concrete mask into a `PackedMask` of numpy arrays.
+
+  Args:
+    params: the parameter pytree (arrays or `jax.ShapeDtypeStruct`s).
+    mask: a concrete mask pytree; None selects every coordinate.
+    capacity: the length of `indices`; default the mask's own size. A
+      compiled program serves every mask packed to the same capacity.
+
+  Returns:
+    A `PackedMask`.
+
+  Raises:
+    ValueError: the mask does not match params, selects nothing, or selects
+      more than `capacity` coordinates.
+  """
+  full = concrete_mask(params, mask)
+  if full is None:
+    full = jax.tree.map(lambda p: np.ones(np.shape(p), bool), params)
+  flat = np.concatenate([np.reshape(m, -1) for m in jax.tree.leaves(full)])
+  selected = np.flatnonzero(flat).astype(np.int32)
+  if selected.size == 0:
+    raise ValueError("mask selects no parameters")
+  capacity = selected.size if capacity is None else int(capacity)
+  if selected.size > capacity:
+    raise ValueError(f"mask selects {selected.size:,} coordinates, more than capacity="
+                     f"{capacity:,}; pack it with a larger capacity (e.g. "
+                     "masking.neuron_mask_capacity)")
+  indices = np.full((capacity,), flat.size, np.int32)
+  indices[:selected.size] = selected
+  return PackedMask(full, indices, np.asarray(selected.size, np.int32))
 
 
 def masks_equal(a: Mask | None, b: Mask | None) -> bool:
@@ -203,6 +257,45 @@ def _unit_saliency(apply_fn, loss_fn, params, forget_batch, retain_batch, *, eps
   return jax.tree.unflatten(jax.tree.structure(params), out)
 
 
+def _coordinates_per_unit(params: Params) -> list[tuple[int, int]]:
+  """`(units, coordinates of one unit)` for every group of `unit_groups`."""
+  leaves = jax.tree.leaves(params)
+  out = []
+  for group in unit_groups(params):
+    shapes = [np.shape(leaves[i]) for i in group]
+    out.append((_units(shapes[0]), sum(math.prod(s[:-1]) if len(s) else 1 for s in shapes)))
+  return out
+
+
+def _check_fraction(fraction: float) -> None:
+  if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
+    raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+
+
+def neuron_mask_capacity(params: Params, *, fraction: float, per_layer: bool = False) -> int:
+  """The most coordinates any `neuron_mask(params, ..., fraction, per_layer)` selects.
+
+  With global ranking the count depends on which layers the chosen units sit
+  in; this is the count when they are the units with the most parameters.
+  Packing every mask to this capacity (`pack_mask`) lets one compiled
+  unlearning loop serve the mask of every forget set.
+
+  Args:
+    params: the parameter pytree (arrays or `jax.ShapeDtypeStruct`s).
+    fraction: as in `neuron_mask`.
+    per_layer: as in `neuron_mask`.
+
+  Returns:
+    The number of coordinates.
+  """
+  _check_fraction(fraction)
+  groups = _coordinates_per_unit(params)
+  if per_layer:
+    return sum(max(1, math.ceil(fraction * units)) * size for units, size in groups)
+  sizes = np.sort(np.concatenate([np.full(units, size) for units, size in groups]))[::-1]
+  return int(sizes[:max(1, math.ceil(fraction * sizes.size))].sum())
+
+
 def neuron_mask(params: Params, saliency: Params, *, fraction: float,
                 per_layer: bool = False) -> Mask:
   """Selects the most forget-salient units.
@@ -222,8 +315,7 @@ def neuron_mask(params: Params, saliency: Params, *, fraction: float,
     parameters of a selected unit (kernel column and bias) are True. Ties are
     broken by position, so exactly the requested number of units is chosen.
   """
-  if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
-    raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+  _check_fraction(fraction)
   leaves = jax.tree.leaves(params)
   sal_leaves = jax.tree.leaves(saliency)
   if jax.tree.structure(saliency) != jax.tree.structure(params):
