@@ -182,9 +182,7 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
   retain_first = jax.tree.map(lambda x: x[0], retain)
 
   reference_shape = jax.eval_shape(inputs, original, forget, retain_first, nonmember)[1]
-  mask_shape = None if capacity is None else fj_unlearn.PackedMask(
-      jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.bool_), original),
-      jax.ShapeDtypeStruct((capacity,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
+  mask_shape = None if capacity is None else fj_unlearn.packed_mask_shape(original, capacity)
   state_shape = jax.eval_shape(
       lambda: forsaken.init(key, original, forget, retain, reference_shape, mask=mask_shape))
   run_args = _abstract((state_shape, forget, retain, reference_shape,

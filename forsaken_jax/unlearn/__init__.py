@@ -24,7 +24,7 @@ from forsaken_jax.unlearn.generators import (
     DENSE_MAX_WEIGHTS, GENERATORS, Features, Generator, make_coordinatewise_generator,
     make_dense_generator, make_generator)
 from forsaken_jax.unlearn.masking import (
-    PackedMask, neuron_mask, neuron_mask_capacity, pack_mask, unit_saliency)
+    PackedMask, neuron_mask, neuron_mask_capacity, pack_mask, packed_mask_shape, unit_saliency)
 from forsaken_jax.unlearn.reference import (
     OBJECTIVES, RELATIVE_OBJECTIVES, compute_reference, objective_distance,
     reference_from_logits)
@@ -37,6 +37,6 @@ __all__ = [
     "UnlearnResult", "apply_dummy_gradient", "compute_reference", "forsaken_transform", "make_coordinatewise_generator",
     "make_dense_generator", "make_finetune_step", "make_forsaken", "make_generator",
     "make_generator_update", "make_gradient_ascent_step", "neuron_mask", "neuron_mask_capacity",
-    "objective_distance", "pack_mask",
+    "objective_distance", "pack_mask", "packed_mask_shape",
     "reference_from_logits", "summarize", "unit_saliency", "unlearn",
 ]

@@ -238,8 +238,8 @@ def make_dense_generator(params: Params, *, num_classes: int, mask: Any = None, 
     out = h @ gen_params["out"]["kernel"] + gen_params["out"]["bias"]
     if packed is not None:
       out = jnp.zeros((num_total,), out.dtype).at[indices].set(out, mode="drop")
-    out = unravel(out.astype(flat.dtype))
-    return out if packed is None else masking.where_mask(packed.mask, out)
+    # Scattered into zeros: nothing outside the mask.
+    return unravel(out.astype(flat.dtype))
 
   return Generator(init, apply, full_mask, None if capacity is None else int(capacity))
 
@@ -359,14 +359,14 @@ def make_coordinatewise_generator(*, num_classes: int, hidden: Sequence[int] = (
     x = x.reshape(num_chunks, chunk, _NUM_FEATURES)
     flat = jax.lax.map(lambda xc: mlp(gen_params, context_h, xc), x).reshape(-1)[:count]
     if indices is not None:
+      # Scattered into zeros: nothing outside the mask.
       flat = jnp.zeros((total,), flat.dtype).at[indices].set(flat, mode="drop")
     out, start = [], 0
     for theta in thetas:
       size = math.prod(jnp.shape(theta))
       out.append(flat[start:start + size].reshape(jnp.shape(theta)).astype(theta.dtype))
       start += size
-    return masking.where_mask(None if packed is None else packed.mask,
-                              jax.tree.unflatten(treedef, out))
+    return jax.tree.unflatten(treedef, out)
 
   return Generator(init, apply, full_mask)
 

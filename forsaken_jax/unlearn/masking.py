@@ -35,7 +35,7 @@ Mask = Any
 Batch = dict[str, jax.Array]
 
 __all__ = ["PackedMask", "check_mask", "mask_size", "neuron_mask", "neuron_mask_capacity",
-           "pack_mask", "unit_groups", "unit_saliency"]
+           "pack_mask", "packed_mask_shape", "unit_groups", "unit_saliency"]
 
 
 def _leaf_shapes(tree: Params) -> list[tuple[int, ...]]:
@@ -156,6 +156,16 @@ def pack_mask(params: Params, mask: Mask | None, *, capacity: int | None = None)
   return PackedMask(full, indices, np.asarray(selected.size, np.int32))
 
 
+def packed_mask_shape(params: Params, capacity: int) -> PackedMask:
+  """The `jax.ShapeDtypeStruct`s of a `PackedMask` of `capacity` for `params`.
+
+  For lowering and compiling code ahead of time, before the mask is known.
+  """
+  return PackedMask(jax.tree.map(lambda p: jax.ShapeDtypeStruct(np.shape(p), np.bool_), params),
+                    jax.ShapeDtypeStruct((capacity,), np.int32),
+                    jax.ShapeDtypeStruct((), np.int32))
+
+
 def masks_equal(a: Mask | None, b: Mask | None) -> bool:
   """Whether two concrete full-shape masks select the same coordinates."""
   if a is None or b is None:
@@ -272,6 +282,11 @@ def _check_fraction(fraction: float) -> None:
     raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
 
 
+def _num_selected(fraction: float, units: int) -> int:
+  """How many of `units` units a mask of `fraction` selects (at least one)."""
+  return max(1, math.ceil(fraction * units))
+
+
 def neuron_mask_capacity(params: Params, *, fraction: float, per_layer: bool = False) -> int:
   """The most coordinates any `neuron_mask(params, ..., fraction, per_layer)` selects.
 
@@ -291,9 +306,9 @@ def neuron_mask_capacity(params: Params, *, fraction: float, per_layer: bool = F
   _check_fraction(fraction)
   groups = _coordinates_per_unit(params)
   if per_layer:
-    return sum(max(1, math.ceil(fraction * units)) * size for units, size in groups)
+    return sum(_num_selected(fraction, units) * size for units, size in groups)
   sizes = np.sort(np.concatenate([np.full(units, size) for units, size in groups]))[::-1]
-  return int(sizes[:max(1, math.ceil(fraction * sizes.size))].sum())
+  return int(sizes[:_num_selected(fraction, sizes.size)].sum())
 
 
 def neuron_mask(params: Params, saliency: Params, *, fraction: float,
@@ -335,13 +350,13 @@ def neuron_mask(params: Params, saliency: Params, *, fraction: float,
   selected = []
   if per_layer:
     for s in scores:
-      k = max(1, math.ceil(fraction * s.size))
+      k = _num_selected(fraction, s.size)
       chosen = np.zeros(s.size, bool)
       chosen[np.argsort(-s, kind="stable")[:k]] = True
       selected.append(chosen)
   else:
     flat = np.concatenate(scores)
-    k = max(1, math.ceil(fraction * flat.size))
+    k = _num_selected(fraction, flat.size)
     chosen = np.zeros(flat.size, bool)
     chosen[np.argsort(-flat, kind="stable")[:k]] = True
     selected = np.split(chosen, np.cumsum([s.size for s in scores])[:-1])
