@@ -34,17 +34,21 @@ checkpoint_dir = common.checkpoint_dir
 
 def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
                  data: fj_data.ExperimentData, indices: np.ndarray,
-                 stop_after: int | None = None) -> dict[str, Any]:
+                 stop_after: int | None = None, seed_stream: int = 0) -> dict[str, Any]:
   """Trains a model from scratch on `data.pool[indices]`, resuming if possible.
 
   Args:
     config: experiment config (sections dataset, scenario, model, train, seed).
     workdir: the run directory; this writes only `<workdir>/<phase>/`.
-    phase: "train" or "retrain".
+    phase: "train", "retrain" or another retraining's name; also the
+      directory it writes.
     data: the experiment data.
     indices: pool indices to train on.
     stop_after: stop (raising `TrainingInterrupted`, without a final
       checkpoint) after this many steps of this process; simulates a kill.
+    seed_stream: 0 (train and retrain phases): initialization and batch
+      order from `config.seed`; k > 0: another initialization and batch
+      order, the same splits (a retraining with another training seed).
 
   Returns:
     A summary dict: test/train accuracy, wall time, steps.
@@ -62,9 +66,12 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
   expected_meta = checkpoints.base_meta(
       phase, model=spec, dataset_fingerprint=data.fingerprint(),
       signature=common.signature(config, SIGNATURE_SECTIONS), num_examples=int(len(indices)),
-      steps=int(tc.steps), config=config.to_dict())
+      steps=int(tc.steps), seed_stream=int(seed_stream), config=config.to_dict())
 
-  init_key, data_key = jax.random.split(jax.random.key(config.seed))
+  key = jax.random.key(config.seed)
+  if seed_stream:
+    key = jax.random.fold_in(key, seed_stream)
+  init_key, data_key = jax.random.split(key)
   replicated = parallel.replicated(mesh)
 
   @functools.partial(jax.jit, out_shardings=replicated)

@@ -487,3 +487,60 @@ def test_bench_unlearn_times_both_settings_without_touching_the_run(run):
        "--other-workdir", run["workdir"]], cwd=REPO_ROOT, capture_output=True, text=True,
       timeout=120, check=False)
   assert same.returncode != 0 and "it must be a run with another seed" in same.stderr
+
+
+# --- the spread of retraining -------------------------------------------------------
+
+
+def test_retrain_seeds_audits_more_retrainings_beside_the_run(run, tmp_path):
+  from experiments import retrain_seeds  # pylint: disable=g-import-not-at-top
+  config, metrics = run["config"], run["metrics"]
+  workdir = _copy_phases(run["workdir"], str(tmp_path),
+                         ["train", "shadow", "unlearn", "retrain", "evaluate"])
+  before = _snapshot(workdir)
+  results = retrain_seeds.retrain_spread(config, workdir, num_seeds=2)
+  changed = _changed(before, _snapshot(workdir))
+  # Only its own directories: the two new retrainings and its report.
+  assert {p.split(os.sep)[0] for p in changed} == {"retrain_seed1", "retrain_seed2",
+                                                    "retrain_seeds"}
+  # Training seed 0 is the retrain phase's model, audited as the evaluate phase does.
+  seed0, auc_key = results["retrained"]["0"], "attack_forget_vs_matched_nonmembers"
+  assert seed0["lira_auc"] == pytest.approx(metrics[auc_key]["retrained"]["lira"]["auc"])
+  for oracle in audit.ORACLES:
+    assert seed0[f"fr_{oracle}"] == metrics["forgetting_rate"]["retrained"][oracle]["rate"]
+  unlearned = results["unlearned"]
+  assert unlearned["lira_auc"] == pytest.approx(metrics[auc_key]["unlearned"]["lira"]["auc"])
+  assert unlearned["ulira_vs_each_retraining"][0] == pytest.approx(metrics["ulira"]["auc"])
+  # The other retrainings: same retained members and steps, another initialization.
+  data = run["data"]
+  seed0_params, _ = common.load_phase_params(config, workdir, "retrain", data)
+  for stream in (1, 2):
+    phase = retrain_seeds.retrain_phase_name(stream)
+    summary = _load_json(workdir, phase, "summary.json")
+    assert summary["num_examples"] == len(data.splits.retain)
+    assert summary["steps"] == config.train.steps
+    params, meta = common.load_phase_params(config, workdir, phase, data)
+    assert meta["seed_stream"] == stream
+    assert not np.allclose(np.asarray(jax.tree.leaves(params)[0]),
+                           np.asarray(jax.tree.leaves(seed0_params)[0]))
+  aucs = [results["retrained"][k]["lira_auc"] for k in ("0", "1", "2")]
+  stats = results["retrained_stats"]["lira_auc"]
+  assert stats["mean"] == pytest.approx(np.mean(aucs))
+  assert stats["std"] == pytest.approx(np.std(aucs, ddof=1))
+  assert results["retrained_max_pairwise_auc_difference"] == pytest.approx(
+      max(aucs) - min(aucs))
+  assert unlearned["auc_distance_to_retrained_mean"] == pytest.approx(
+      abs(unlearned["lira_auc"] - np.mean(aucs)))
+  with open(os.path.join(workdir, "retrain_seeds", "report.md")) as f:
+    report_text = f.read()
+  assert "retrained, training seed 2" in report_text and "Forsaken" in report_text
+
+  # A rerun reuses the finished retrainings: no checkpoint is written again.
+  checkpoints_before = {s: _snapshot(common.checkpoint_dir(workdir, f"retrain_seed{s}"))
+                        for s in (1, 2)}
+  again = retrain_seeds.retrain_spread(config, workdir, num_seeds=2)
+  for stream, snap in checkpoints_before.items():
+    assert _snapshot(common.checkpoint_dir(workdir, f"retrain_seed{stream}")) == snap
+  assert again["retrained_stats"] == results["retrained_stats"]
+  with pytest.raises(ValueError, match="num_seeds must be at least 1"):
+    retrain_seeds.retrain_spread(config, workdir, num_seeds=0)
