@@ -54,6 +54,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
     A summary dict: test/train accuracy, wall time, steps.
   """
   tc = config.train
+  if seed_stream < 0:
+    raise ValueError(f"seed_stream must be non-negative, got {seed_stream}")
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(tc.batch_size, mesh)
   indices = fj_data.check_indices("training indices", indices, len(data.pool))

@@ -504,6 +504,7 @@ def test_retrain_seeds_audits_more_retrainings_beside_the_run(run, tmp_path):
   assert {p.split(os.sep)[0] for p in changed} == {"retrain_seed1", "retrain_seed2",
                                                     "retrain_seeds"}
   # Training seed 0 is the retrain phase's model, audited as the evaluate phase does.
+  assert results["test_accuracy_on"] == "all classes"  # (the class scenario: the other classes)
   seed0, auc_key = results["retrained"]["0"], "attack_forget_vs_matched_nonmembers"
   assert seed0["lira_auc"] == pytest.approx(metrics[auc_key]["retrained"]["lira"]["auc"])
   for oracle in audit.ORACLES:
