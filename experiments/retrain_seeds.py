@@ -25,7 +25,7 @@ read-only, and writes `<workdir>/retrain_seeds/report.md` and
   classes the model spreads the look-alikes over (entropy of its predicted
   classes, in bits);
 - the retrainings' mean, standard deviation and range, and the largest AUC
-  difference between two of them: how far apart two exact unlearnings land,
+  difference between two of them: how far apart two exact retrainings land,
   the resolution of any "within x of retraining" comparison;
 - the unlearned model's AUC distance to the retrainings' mean and to the
   nearest one, and U-LiRA against each retraining.
@@ -54,7 +54,10 @@ def retrain_phase_name(seed_stream: int) -> str:
   return "retrain" if seed_stream == 0 else f"retrain_seed{seed_stream}"
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def _stats(values: list[float]) -> dict[str, float] | None:
+  """Mean, sample standard deviation and range; None without values (e.g. FR undefined)."""
+  if not values:
+    return None
   array = np.asarray(values, np.float64)
   return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
           "min": float(array.min()), "max": float(array.max())}
@@ -191,6 +194,8 @@ def markdown(results: dict[str, Any]) -> str:
 
   def spread(key, fmt):
     s = stats[key]
+    if s is None:
+      return "undefined"
     return f"{fmt(s['mean'])} ± {fmt(s['std'])} ({fmt(s['min'])} to {fmt(s['max'])})"
 
   auc = lambda x: f"{x:.3f}"
