@@ -154,6 +154,27 @@ def audit_model(ctx: Audit, images: np.ndarray, params: Any) -> ModelAudit:
   return ModelAudit(logits, scores, audit.judged_member(ctx.oracles, scores), accuracy)
 
 
+def forget_set_figures(ctx: Audit, before: ModelAudit, after: ModelAudit
+                       ) -> dict[str, float | None]:
+  """How a changed model treats the forget set, the figures every comparison table shows.
+
+  Args:
+    ctx: from `build_audit`.
+    before: `audit_model` of the original model.
+    after: `audit_model` of the unlearned or retrained model.
+
+  Returns:
+    `fr_<oracle>`: the forgetting rate under each oracle (None when
+    undefined), and `lira_auc`: LiRA's AUC between the forget set and its
+    unseen look-alikes on `after`.
+  """
+  forget, matched = ctx.masks["forget"], ctx.masks["matched"]
+  rates = audit.forgetting_rates(before.decisions, after.decisions, forget)
+  return {"lira_auc": float(mia.roc_auc(after.scores["lira"][forget],
+                                        after.scores["lira"][matched])),
+          **{f"fr_{oracle}": rate.rate for oracle, rate in rates.items()}}
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the audit (see the module docstring) and writes the report.
 

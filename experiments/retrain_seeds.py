@@ -95,11 +95,8 @@ def retrain_spread(config: ml_collections.ConfigDict, workdir: str,
   test_key = "test_other_classes" if "test_other_classes" in before.accuracy else "test"
 
   def figures(result):
-    rates = audit.forgetting_rates(before.decisions, result.decisions, is_forget)
     row = {"test": result.accuracy[test_key], "forget": result.accuracy["forget"],
-           "lira_auc": float(mia.roc_auc(result.scores["lira"][is_forget],
-                                         result.scores["lira"][matched])),
-           **{f"fr_{oracle}": rates[oracle].rate for oracle in audit.ORACLES},
+           **evaluate_phase.forget_set_figures(ctx, before, result),
            **behaviour(result.logits)}
     return row, np.asarray(result.scores["lira"])[is_forget]
 
@@ -130,10 +127,8 @@ def retrain_spread(config: ml_collections.ConfigDict, workdir: str,
       "num_matched_nonmembers": int(matched.sum()),
       "test_accuracy_on": ("classes not forgotten" if test_key == "test_other_classes"
                            else "all classes"),
-      "original": {"test": before.accuracy[test_key], "forget": before.accuracy["forget"],
-                   "lira_auc": float(mia.roc_auc(before.scores["lira"][is_forget],
-                                                 before.scores["lira"][matched])),
-                   **behaviour(before.logits)},
+      # A forgetting rate compares a model with the original: none for the original.
+      "original": {k: v for k, v in figures(before)[0].items() if not k.startswith("fr_")},
       "retrained": {str(k): v for k, v in retrained.items()},
       "retrained_stats": {key: _stats([row[key] for row in retrained.values()
                                        if row[key] is not None])

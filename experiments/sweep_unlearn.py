@@ -25,7 +25,7 @@ import optax
 from experiments import cli, common, report
 from experiments import evaluate as evaluate_phase
 from experiments import unlearn as unlearn_phase
-from forsaken_jax import mia, parallel, unlearn as fj_unlearn
+from forsaken_jax import parallel, unlearn as fj_unlearn
 from forsaken_jax.mia import audit
 
 # name -> overrides of config.unlearn
@@ -77,12 +77,9 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
               "note": f"{extra}; diverged (non-finite parameters)",
               **{f"fr_{oracle}": None for oracle in audit.ORACLES}}
     result = evaluate_phase.audit_model(ctx, images, params)
-    rates = audit.forgetting_rates(before.decisions, result.decisions, ctx.masks["forget"])
-    auc = mia.roc_auc(result.scores["lira"][ctx.masks["forget"]],
-                      result.scores["lira"][ctx.masks["matched"]])
     out = {"model": name, "test": result.accuracy["test"], "forget": result.accuracy["forget"],
-           "lira_auc": float(auc), "seconds": wall, "note": extra}
-    out.update({f"fr_{oracle}": rate.rate for oracle, rate in rates.items()})
+           **evaluate_phase.forget_set_figures(ctx, before, result), "seconds": wall,
+           "note": extra}
     common.log(f"[sweep] {name}: test {out['test']:.4f}, LiRA AUC {out['lira_auc']:.3f}, "
                + ", ".join(f"FR {o} {report.pct(out['fr_' + o])}" for o in audit.ORACLES))
     return out
