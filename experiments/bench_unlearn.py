@@ -1,30 +1,38 @@
-r"""Unlearning wall time: first run vs a warm compilation cache, against retraining.
+r"""Unlearning wall time on a first run and with a warm cache, against retraining side by side.
 
     python -m experiments.bench_unlearn --workdir runs/default [--config ...] [--repeats 2]
-        [--other-workdir runs/default_seed1] [--config.section.key=value ...]
+        [--retrain-repeats 3] [--other-workdir runs/default_seed1]
+        [--config.section.key=value ...]
 
 The unlearn phase's wall time includes tracing and compiling its programs. A
 first request on a machine pays XLA compilation; later ones load the
 programs from JAX's persistent cache (the experiments keep one) and pay only
 tracing. The programs depend on the model's architecture and the sizes of
-the inputs, not on the forget set: the neuron mask is a runtime input padded
-to a fixed capacity. This script reruns the unlearn phase of a finished run
-(its train and retrain phases are read, never written) in fresh processes,
-each in a scratch workdir holding a copy of the train phase:
+the inputs (the forget set's size included), not on which examples are
+forgotten: the neuron mask is a runtime input padded to a fixed capacity.
+This script reruns the unlearn and retrain phases of a finished run (its
+train phase is read, never written) in fresh processes, each in a scratch
+workdir holding a copy of the train phase:
 
-* for `unlearn.fast_compile` False (the default) and True (XLA optimization
-  level 0), side by side;
-* once with an empty compilation cache ("first run"), then `--repeats` times
-  with the cache that run filled ("warm cache", median reported);
+* the retrain phase, `--retrain-repeats` times (default 3), interleaved
+  with the unlearning runs (one before them, one after each setting below):
+  the baseline is measured in the same session as the unlearning, not read
+  from the run, and the machine's drift during the session shows in the
+  spread of the retrainings (the first one also compiles its train step, a
+  fraction of a second);
+* the unlearn phase for `unlearn.fast_compile` False (the default) and True
+  (XLA optimization level 0): once with an empty compilation cache ("first
+  run"), then `--repeats` times with the cache that run filled ("warm
+  cache", median reported);
 * with `--other-workdir`, a finished run of the same config with another
-  seed (another model, forget set and mask, same architecture), once with
-  the cache the first run filled ("another forget set"), against that run's
-  own retraining time.
+  seed (another model, forget set and mask, same architecture and sizes),
+  once with the cache the first run filled ("another forget set").
 
-Other `--config.*` overrides are passed on to the unlearn phase. It prints
-the unlearn phase's own timing (setup and total, as in its
-`summary.json`) and the total as a share of the run's retraining time. The
-scratch directories are removed afterwards.
+Each unlearning time is divided by the median retraining time, and by the
+slowest and the fastest retraining for the range (the other run's
+retraining trains as many examples for as many steps, at the same cost).
+Other `--config.*` overrides are passed on to both phases. The scratch
+directories are removed afterwards.
 """
 
 import argparse
@@ -50,13 +58,20 @@ def _unlearn_once(config: str, workdir: str, cache_dir: str, fast_compile: bool,
     return json.load(f)
 
 
-def _retrain_seconds(workdir: str) -> float:
-  path = os.path.join(workdir, "retrain", "summary.json")
-  if not os.path.exists(os.path.join(workdir, "train")) or not os.path.exists(path):
-    raise SystemExit(f"{workdir} lacks a finished train or retrain phase: run the pipeline on "
-                     "it first")
-  with open(path) as f:
+def _retrain_once(config: str, workdir: str, cache_dir: str, overrides: list[str]) -> float:
+  """Runs `experiments.retrain` in a fresh process; returns its training seconds."""
+  shutil.rmtree(os.path.join(workdir, "retrain"), ignore_errors=True)
+  env = {**os.environ, "FORSAKEN_JAX_COMPILATION_CACHE": cache_dir}
+  subprocess.run([sys.executable, "-m", "experiments.retrain", "--config", config,
+                  "--workdir", workdir, "--config.train.progress=False", *overrides],
+                 env=env, check=True, stdout=subprocess.DEVNULL)
+  with open(os.path.join(workdir, "retrain", "summary.json")) as f:
     return json.load(f)["train_seconds"]
+
+
+def _check_trained(workdir: str) -> None:
+  if not os.path.exists(os.path.join(workdir, "train", "checkpoints")):
+    raise SystemExit(f"{workdir} lacks a finished train phase: run the pipeline on it first")
 
 
 def _train_config(workdir: str) -> dict:
@@ -70,18 +85,23 @@ def _train_config(workdir: str) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="a finished run (train and retrain)")
+  parser.add_argument("--workdir", required=True, help="a run with a finished train phase")
   parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "configs",
                                                        "default.py"))
   parser.add_argument("--repeats", type=int, default=2, help="warm-cache runs per setting")
+  parser.add_argument("--retrain-repeats", type=int, default=3,
+                      help="retrainings timed, interleaved with the unlearning runs")
   parser.add_argument("--other-workdir", default="",
                       help="a finished run of the same config with another seed")
   args, overrides = parser.parse_known_args()
   unknown = [a for a in overrides if not a.startswith("--config.")]
   if unknown:
     parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  if args.repeats < 1 or args.retrain_repeats < 1:
+    parser.error("--repeats and --retrain-repeats must be at least 1")
   runs_to_time = [args.workdir] + ([args.other_workdir] if args.other_workdir else [])
-  retrain_seconds = {run: _retrain_seconds(run) for run in runs_to_time}
+  for run in runs_to_time:
+    _check_trained(run)
   other_overrides = []
   if args.other_workdir:
     seed = _train_config(args.other_workdir)["seed"]
@@ -96,6 +116,15 @@ def main() -> None:
     for i, run in enumerate(runs_to_time):
       workdirs[run] = os.path.join(scratch, f"run{i}")
       shutil.copytree(os.path.join(run, "train"), os.path.join(workdirs[run], "train"))
+    retrain_cache = os.path.join(scratch, "cache_retrain")
+    retrain_seconds = []
+
+    def retrain():
+      retrain_seconds.append(
+          _retrain_once(args.config, workdirs[args.workdir], retrain_cache, overrides))
+      print(f"retraining {len(retrain_seconds)}: {retrain_seconds[-1]:.1f} s", flush=True)
+
+    retrain()
     for fast_compile in (False, True):
       cache_dir = os.path.join(scratch, f"cache_{fast_compile}")
       once = lambda run, extra=(): _unlearn_once(args.config, workdirs[run], cache_dir,
@@ -106,22 +135,27 @@ def main() -> None:
         timed.append(("another forget set", args.other_workdir,
                       [once(args.other_workdir, other_overrides)]))
       for label, run, results in timed:
-        total = statistics.median(r["unlearn_seconds"] for r in results)
         rows.append((fast_compile, label, run,
-                     statistics.median(r["setup_seconds"] for r in results), total,
-                     results[0]["steps"], total / retrain_seconds[run]))
-        print(f"fast_compile={fast_compile} {label}: {total:.2f} s", flush=True)
+                     statistics.median(r["setup_seconds"] for r in results),
+                     statistics.median(r["unlearn_seconds"] for r in results),
+                     results[0]["steps"]))
+        print(f"fast_compile={fast_compile} {label}: {rows[-1][4]:.2f} s", flush=True)
+      if len(retrain_seconds) < args.retrain_repeats:
+        retrain()
+    while len(retrain_seconds) < args.retrain_repeats:
+      retrain()
 
+  baseline = statistics.median(retrain_seconds)
   print()
-  for run, seconds in retrain_seconds.items():
-    print(f"retraining (from {run}/retrain/summary.json): {seconds:.1f} s")
+  print(f"retraining {args.workdir}'s model in this session, {len(retrain_seconds)} runs: "
+        f"{', '.join(f'{t:.2f}' for t in retrain_seconds)} s; median {baseline:.2f} s")
   print("\n| unlearn.fast_compile | compilation cache | run | setup s | unlearning s | steps "
-        "| share of retraining |")
+        "| share of the median retraining (range) |")
   print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
-  for fast_compile, label, run, setup, total, steps, share in rows:
+  for fast_compile, label, run, setup, total, steps in rows:
     print(f"| {fast_compile} | {label} | {run} | {setup:.2f} | {total:.2f} | {steps} "
-          f"| {100 * share:.1f}% |")
-
+          f"| {100 * total / baseline:.1f}% ({100 * total / max(retrain_seconds):.1f}-"
+          f"{100 * total / min(retrain_seconds):.1f}%) |")
 
 if __name__ == "__main__":
   main()
