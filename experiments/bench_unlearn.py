@@ -45,28 +45,15 @@ import sys
 import tempfile
 
 
-def _unlearn_once(config: str, workdir: str, cache_dir: str, fast_compile: bool,
-                  overrides: list[str]) -> dict:
-  """Runs `experiments.unlearn` in a fresh process; returns its summary."""
-  shutil.rmtree(os.path.join(workdir, "unlearn"), ignore_errors=True)
+def _run_phase(phase: str, config: str, workdir: str, cache_dir: str, args: list[str]) -> dict:
+  """Runs `experiments.<phase>` from scratch in a fresh process; returns its summary."""
+  shutil.rmtree(os.path.join(workdir, phase), ignore_errors=True)
   env = {**os.environ, "FORSAKEN_JAX_COMPILATION_CACHE": cache_dir}
-  subprocess.run([sys.executable, "-m", "experiments.unlearn", "--config", config,
-                  "--workdir", workdir, f"--config.unlearn.fast_compile={fast_compile}",
-                  "--config.train.progress=False", *overrides],
+  subprocess.run([sys.executable, "-m", f"experiments.{phase}", "--config", config,
+                  "--workdir", workdir, "--config.train.progress=False", *args],
                  env=env, check=True, stdout=subprocess.DEVNULL)
-  with open(os.path.join(workdir, "unlearn", "summary.json")) as f:
+  with open(os.path.join(workdir, phase, "summary.json")) as f:
     return json.load(f)
-
-
-def _retrain_once(config: str, workdir: str, cache_dir: str, overrides: list[str]) -> float:
-  """Runs `experiments.retrain` in a fresh process; returns its training seconds."""
-  shutil.rmtree(os.path.join(workdir, "retrain"), ignore_errors=True)
-  env = {**os.environ, "FORSAKEN_JAX_COMPILATION_CACHE": cache_dir}
-  subprocess.run([sys.executable, "-m", "experiments.retrain", "--config", config,
-                  "--workdir", workdir, "--config.train.progress=False", *overrides],
-                 env=env, check=True, stdout=subprocess.DEVNULL)
-  with open(os.path.join(workdir, "retrain", "summary.json")) as f:
-    return json.load(f)["train_seconds"]
 
 
 def _check_trained(workdir: str) -> None:
@@ -120,15 +107,16 @@ def main() -> None:
     retrain_seconds = []
 
     def retrain():
-      retrain_seconds.append(
-          _retrain_once(args.config, workdirs[args.workdir], retrain_cache, overrides))
+      retrain_seconds.append(_run_phase("retrain", args.config, workdirs[args.workdir],
+                                        retrain_cache, overrides)["train_seconds"])
       print(f"retraining {len(retrain_seconds)}: {retrain_seconds[-1]:.1f} s", flush=True)
 
     retrain()
     for fast_compile in (False, True):
       cache_dir = os.path.join(scratch, f"cache_{fast_compile}")
-      once = lambda run, extra=(): _unlearn_once(args.config, workdirs[run], cache_dir,
-                                                 fast_compile, [*overrides, *extra])
+      once = lambda run, extra=(): _run_phase(
+          "unlearn", args.config, workdirs[run], cache_dir,
+          [f"--config.unlearn.fast_compile={fast_compile}", *overrides, *extra])
       timed = [("first run", args.workdir, [once(args.workdir)]),
                ("warm cache", args.workdir, [once(args.workdir) for _ in range(args.repeats)])]
       if args.other_workdir:

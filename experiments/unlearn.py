@@ -167,7 +167,8 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
   if uc.mask_fraction < 1.0:
     # The mask enters the loop as a runtime input padded to the most
     # coordinates any mask of this fraction can select: the loop compiled
-    # for one forget set serves every other one on this architecture.
+    # for one forget set serves every other one of its size on this
+    # architecture.
     capacity = fj_unlearn.neuron_mask_capacity(original, fraction=uc.mask_fraction)
   generator = fj_unlearn.make_generator(
       uc.generator, original, num_classes=spec["num_classes"], capacity=capacity,
