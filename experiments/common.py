@@ -4,9 +4,11 @@ Library code stays pure; everything here does I/O (datasets, files, the
 terminal) or reads ml_collections configs.
 """
 
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -60,6 +62,43 @@ def enable_compilation_cache() -> None:
     # Every program, however quick to compile: the unlearning setup is a
     # dozen small ones whose compile times add up to a second on CPU.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+# JAX's own timings of the steps between a Python function and a program,
+# reported through jax.monitoring for every program it builds. For a program
+# found in the persistent compilation cache, "xla_compiling" is the time to
+# load it from there (a few hundredths of a second where compiling took one).
+_COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "tracing",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lowering",
+                   "/jax/core/compile/backend_compile_duration": "xla_compiling"}
+
+
+@contextlib.contextmanager
+def compile_time_meter():
+  """Sums JAX's tracing, lowering and XLA compilation time while active.
+
+  Programs compiled on other threads count too (the unlearn phase compiles
+  its loop on one), so the sums are work done, not wall time: work that
+  overlaps other work counts in full.
+
+  Yields:
+    A dict `{"tracing", "lowering", "xla_compiling"}` of seconds, filled in
+    as programs are built; "xla_compiling" includes loading programs from
+    the persistent compilation cache.
+  """
+  totals = dict.fromkeys(_COMPILE_EVENTS.values(), 0.0)
+  lock = threading.Lock()
+
+  def listener(event: str, duration: float, **_) -> None:
+    if event in _COMPILE_EVENTS:
+      with lock:
+        totals[_COMPILE_EVENTS[event]] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield totals
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def progress(total: int, desc: str, initial: int = 0, enabled: bool = True) -> tqdm.tqdm:

@@ -96,14 +96,16 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
     batch_idx = batch_idx[local]
     return parallel.shard_batch({"image": images[batch_idx], "label": labels[batch_idx]}, mesh)
 
-  state, train_seconds = common.run_steps(
-      phase=phase, state=state,
-      step_fn=train.make_train_step(model.apply_fn, tx, loss_fn=loss_fn, mesh=mesh),
-      make_batch=make_batch, num_steps=tc.steps, manager=manager, meta=expected_meta,
-      splits=data.splits.to_arrays(), log_every=tc.log_every,
-      checkpoint_every=tc.checkpoint_every, writer=common.MetricWriter(os.path.join(workdir, phase)),
-      show_progress=tc.get("progress", True), elapsed_before=elapsed_before,
-      stop_after=stop_after, hint=f"lower train.learning_rate (now {tc.learning_rate}).")
+  with common.compile_time_meter() as compile_times:
+    state, train_seconds = common.run_steps(
+        phase=phase, state=state,
+        step_fn=train.make_train_step(model.apply_fn, tx, loss_fn=loss_fn, mesh=mesh),
+        make_batch=make_batch, num_steps=tc.steps, manager=manager, meta=expected_meta,
+        splits=data.splits.to_arrays(), log_every=tc.log_every,
+        checkpoint_every=tc.checkpoint_every,
+        writer=common.MetricWriter(os.path.join(workdir, phase)),
+        show_progress=tc.get("progress", True), elapsed_before=elapsed_before,
+        stop_after=stop_after, hint=f"lower train.learning_rate (now {tc.learning_rate}).")
 
   predict = train.make_predict_fn(model.apply_fn, mesh)
   test_metrics = train.evaluate(predict, state["params"], data.test.images, data.test.labels,
@@ -115,6 +117,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
       "test_accuracy": test_metrics["accuracy"], "test_loss": test_metrics["loss"],
       "train_accuracy": train_metrics["accuracy"], "train_loss": train_metrics["loss"],
       "train_seconds": train_seconds, "devices": jax.device_count(),
+      "compile_seconds": compile_times,  # summed over programs, within train_seconds
       "dataset": data.pool.name,
   }
   if common.is_main_process():

@@ -15,6 +15,9 @@ Inputs of the generator, all drawn from the splits:
   kind (unseen OOD patches for the OOD scenario, unseen in-distribution
   samples for random forget sets); for a forgotten class, unseen samples of
   the *other* classes, so the paper's reference gives the class no mass.
+  They come from `unlearn.reference_split`: by default the shadow split,
+  which the target never trained on and which holds none of the non-members
+  the audit compares the forget set with (see `reference_indices`).
 
 Stopping target (computable without retraining): a threshold on the
 logit-scaled confidence is fitted between D_u and D_n on the original model
@@ -48,20 +51,47 @@ SIGNATURE_SECTIONS = ("dataset", "scenario", "model", "train", "unlearn")
 COMPATIBILITY_KEYS = ("phase", "model", "dataset_fingerprint", "signature")
 
 
-def reference_indices(data: fj_data.ExperimentData, scenario: ml_collections.ConfigDict
-                      ) -> np.ndarray:
-  """Pool indices of D_n, the non-members the forget set should come to resemble."""
-  nonmembers = data.splits.nonmembers
+# Where D_n is drawn from. "shadow": the shadow split (the default). The
+# target never trained on it, and it is disjoint from the target's
+# non-members, among which the audit finds the unseen look-alikes it judges
+# the forget set against: an unlearner that matched the forget set to those
+# very examples would be tuned on the audit's own yardstick. (The shadow
+# split also trains the Shokri shadow models; the unlearner reads only its
+# images and labels.) "nonmembers": the target's non-members, the audit's
+# look-alikes included; kept to measure what that overlap changes.
+REFERENCE_SPLITS = ("shadow", "nonmembers")
+
+
+def reference_indices(data: fj_data.ExperimentData, scenario: ml_collections.ConfigDict,
+                      split: str = "shadow") -> np.ndarray:
+  """Pool indices of D_n, the non-members the forget set should come to resemble.
+
+  Args:
+    data: the run's data.
+    scenario: the config's scenario section.
+    split: one of `REFERENCE_SPLITS`.
+
+  Returns:
+    The indices of `split`'s examples of the forget set's kind (the other
+    classes' for a forgotten class).
+
+  Raises:
+    ValueError: unknown split, or it holds no example of that kind.
+  """
+  if split not in REFERENCE_SPLITS:
+    raise ValueError(f"unlearn.reference_split must be one of {REFERENCE_SPLITS}, got {split!r}")
+  candidates = getattr(data.splits, split)
   if scenario.kind == "ood":
-    chosen = nonmembers[data.is_ood[nonmembers]]
+    chosen = candidates[data.is_ood[candidates]]
   elif scenario.kind == "class":
-    chosen = nonmembers[(data.pool.labels[nonmembers] != scenario.forget_class)
-                        & ~data.is_ood[nonmembers]]
+    chosen = candidates[(data.pool.labels[candidates] != scenario.forget_class)
+                        & ~data.is_ood[candidates]]
   else:
-    chosen = nonmembers[~data.is_ood[nonmembers]]
+    chosen = candidates[~data.is_ood[candidates]]
   if len(chosen) == 0:
-    raise ValueError(f"no reference non-members for scenario {scenario.kind!r}: the splits hold "
-                     "none of the forget set's kind (raise scenario.num_nonmembers / num_ood)")
+    raise ValueError(f"no reference non-members for scenario {scenario.kind!r} in the {split} "
+                     f"split: it holds none of the forget set's kind (raise scenario.num_{split} "
+                     "/ num_ood, or set unlearn.reference_split)")
   return chosen
 
 
@@ -134,7 +164,7 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
   rng = np.random.default_rng([config.seed, 3])
   forget = forget_batch(data, data.splits.forget)
   retain = _stacked_retain(data, rng, uc.num_retain_batches, uc.batch_size)
-  ref_idx = reference_indices(data, config.scenario)
+  ref_idx = reference_indices(data, config.scenario, uc.reference_split)
   ref_idx = rng.choice(ref_idx, size=min(len(ref_idx), uc.num_reference), replace=False)
   nonmember = {"image": data.pool.images[ref_idx], "label": data.pool.labels[ref_idx]}
   mesh = parallel.make_mesh(1)  # a few hundred examples: one device is fastest
@@ -231,7 +261,9 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
   original, _ = common.load_phase_params(config, workdir, "train", data)
   spec = common.model_spec(config, data)
   start = time.perf_counter()
-  prep = prepare(config, data, spec, original)
+  # Every program of the phase is built in the setup (the loop's included).
+  with common.compile_time_meter() as compile_times:
+    prep = prepare(config, data, spec, original)
   setup_seconds = time.perf_counter() - start
   mesh = parallel.make_mesh(1)
 
@@ -305,6 +337,8 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
       "target_threshold": prep.oracle_threshold, "target_rate": float(prep.target_rate),
       "num_forget": int(len(data.splits.forget)), "num_reference": prep.num_reference,
       "setup_seconds": setup_seconds, "mask_fraction": float(uc.mask_fraction),
+      # Summed over programs; the loop's compilation overlaps the setup's work.
+      "compile_seconds": compile_times,
       "generator": uc.generator,
       "objective": uc.objective,
       "loss_trace": info["loss_trace"].tolist(), "rate_trace": info["rate_trace"].tolist(),
@@ -312,7 +346,10 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
   if common.is_main_process():
     common.write_json(os.path.join(workdir, PHASE, "summary.json"), summary)
   common.log(f"[{PHASE}] {info['steps']} generator steps ({info['accepted']} accepted, stop: "
-             f"{info['stop_reason']}) in {unlearn_seconds:.2f} s")
+             f"{info['stop_reason']}) in {unlearn_seconds:.2f} s (XLA compilation or cache loads "
+             f"{compile_times['xla_compiling']:.2f} s, tracing and lowering "
+             f"{compile_times['tracing'] + compile_times['lowering']:.2f} s, summed over "
+             "programs)")
   return summary
 
 

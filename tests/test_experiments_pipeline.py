@@ -7,6 +7,7 @@ after a kill, refusal to overwrite another run, input validation and the
 command line.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -160,6 +161,11 @@ def test_phases_ran_to_completion(run):
   unlearn = _load_json(workdir, "unlearn", "summary.json")
   assert unlearn["steps"] == UNLEARN_STEPS and unlearn["stop_reason"] == "max_steps"
   assert len(unlearn["loss_trace"]) == UNLEARN_STEPS
+  # Where a first request's time goes: JAX's timings of the programs built.
+  for summary in (unlearn, _load_json(workdir, "train", "summary.json")):
+    assert set(summary["compile_seconds"]) == {"tracing", "lowering", "xla_compiling"}
+    assert all(seconds >= 0 for seconds in summary["compile_seconds"].values())
+  assert unlearn["compile_seconds"]["tracing"] > 0
   shadow = _load_json(workdir, "shadow", "summary.json")
   assert (shadow["num_lira_models"], shadow["num_shokri_models"]) == (4, 2)
   retrain = _load_json(workdir, "retrain", "summary.json")
@@ -385,6 +391,25 @@ def test_forget_batch_rejects_bad_forget_sets(run, case):
     unlearn_phase.forget_batch(data, forget)
 
 
+def test_reference_non_members_are_held_out_from_the_audit(run):
+  data, scenario = run["data"], run["config"].scenario
+  assert scenario.kind == "ood"
+  held_out = unlearn_phase.reference_indices(data, scenario)  # the default: the shadow split
+  assert len(held_out) and np.isin(held_out, data.splits.shadow).all()
+  assert data.is_ood[held_out].all()  # of the forget set's kind
+  # None is among the non-members the audit judges the forget set against.
+  assert not np.isin(held_out, data.splits.nonmembers).any()
+  overlapping = unlearn_phase.reference_indices(data, scenario, "nonmembers")
+  assert np.isin(overlapping, data.splits.nonmembers).all() and data.is_ood[overlapping].all()
+  with pytest.raises(ValueError, match="reference_split must be one of"):
+    unlearn_phase.reference_indices(data, scenario, "test")
+  # A split without any example of the forget set's kind is an error, not a silent fallback.
+  no_photos = dataclasses.replace(data, splits=dataclasses.replace(
+      data.splits, shadow=data.splits.shadow[~data.is_ood[data.splits.shadow]]))
+  with pytest.raises(ValueError, match="no reference non-members .* in the shadow split"):
+    unlearn_phase.reference_indices(no_photos, scenario)
+
+
 # --- the command line -------------------------------------------------------------
 
 
@@ -476,17 +501,21 @@ def test_bench_unlearn_times_both_settings_without_touching_the_run(run):
       ("False", "first run"), ("False", "warm cache"), ("True", "first run"), ("True", "warm cache")]
   for row in rows:
     assert row[2].strip() == run["workdir"]
-    assert float(row[4]) > 0 and int(row[5]) == UNLEARN_STEPS
+    assert float(row[4]) > 0 and int(row[7]) == UNLEARN_STEPS
+    assert float(row[5]) >= 0 and float(row[6]) > 0  # XLA compiling; tracing + lowering
+  # A first run compiles the programs; a warm cache holds them.
+  for first, warm in ((rows[0], rows[1]), (rows[2], rows[3])):
+    assert float(first[5]) > 0 and float(warm[5]) < float(first[5]), (first, warm)
   # The shares are computed from the retrainings timed in the same session.
-  match = re.search(r"in this session, 2 runs: ([0-9.]+), ([0-9.]+) s; median ([0-9.]+) s",
-                    result.stdout)
+  match = re.search(r"in this session, 2 runs: ([0-9.]+), ([0-9.]+) s; median ([0-9.]+) s "
+                    r"\(XLA compilation in them: [0-9.]+, [0-9.]+ s\)", result.stdout)
   assert match, result.stdout[-2000:]
   retrain_seconds = [float(match[1]), float(match[2])]
   assert min(retrain_seconds) > 0
   assert float(match[3]) == pytest.approx(np.median(retrain_seconds), abs=0.01)
   for row in rows:  # (the table rounds seconds to 0.01 and shares to 0.1%)
     share, low, high = map(float, re.fullmatch(r" ([0-9.]+)% \(([0-9.]+)-([0-9.]+)%\) ",
-                                               row[6]).groups())
+                                               row[8]).groups())
     for printed, baseline in ((share, np.median(retrain_seconds)),
                               (low, max(retrain_seconds)), (high, min(retrain_seconds))):
       assert printed == pytest.approx(100 * float(row[4]) / baseline,

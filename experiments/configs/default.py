@@ -85,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.unlearn.num_retain_batches = 10
   config.unlearn.batch_size = 128
   config.unlearn.num_reference = 1_280
+  # D_n's source: "shadow" (held out from the audit's non-members) | "nonmembers"
+  # (experiments/unlearn.py, REFERENCE_SPLITS).
+  config.unlearn.reference_split = "shadow"
   config.unlearn.checkpoint_every = 25  # also the progress-bar granularity
   # True: compile the unlearning programs at XLA's optimization level 0.
   # Measured on CPU (docs/RESULTS.md, section 2): 3-7% faster on a first
@@ -102,6 +105,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep.variants = ml_collections.ConfigDict({
       "threshold weight 100": {"threshold_weight": 100.0},
       "threshold weight 1000": {"threshold_weight": 1000.0},
+      "D_n from the target's non-members (the audit's look-alikes)": {
+          "reference_split": "nonmembers"},
   })
 
   if arg == "runlocal":

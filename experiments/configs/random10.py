@@ -35,5 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "lr 1e-3, threshold weight 100": {"lr": 1e-3, "threshold_weight": 100.0},
       "lr 1e-3, threshold weight 300 (the default scenario's)": {"lr": 1e-3,
                                                                  "threshold_weight": 300.0},
+      "D_n from the target's non-members (the audit's look-alikes)": {
+          "reference_split": "nonmembers"},
   }
   return config
