@@ -90,8 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.unlearn.reference_split = "shadow"
   config.unlearn.checkpoint_every = 25  # also the progress-bar granularity
   # True: compile the unlearning programs at XLA's optimization level 0.
-  # Measured on CPU (docs/RESULTS.md, section 2): 3-7% faster on a first
-  # request, 15-30% slower once the compilation cache holds them, hence off.
+  # Measured on CPU (docs/RESULTS.md, section 2): no faster on a first
+  # request (less compiling, a slower loop), 27-39% slower once the
+  # compilation cache holds the programs, hence off.
   config.unlearn.fast_compile = False
 
   config.evaluate = ml_collections.ConfigDict()
