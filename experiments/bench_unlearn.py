@@ -110,14 +110,13 @@ def main() -> None:
       workdirs[run] = os.path.join(scratch, f"run{i}")
       shutil.copytree(os.path.join(run, "train"), os.path.join(workdirs[run], "train"))
     retrain_cache = os.path.join(scratch, "cache_retrain")
-    retrain_seconds, retrain_compile = [], []
+    retrainings = []  # the retrain phase's summaries
 
     def retrain():
-      summary = _run_phase("retrain", args.config, workdirs[args.workdir], retrain_cache,
-                           overrides)
-      retrain_seconds.append(summary["train_seconds"])
-      retrain_compile.append(summary["compile_seconds"]["xla_compiling"])
-      print(f"retraining {len(retrain_seconds)}: {retrain_seconds[-1]:.1f} s", flush=True)
+      retrainings.append(_run_phase("retrain", args.config, workdirs[args.workdir],
+                                    retrain_cache, overrides))
+      print(f"retraining {len(retrainings)}: {retrainings[-1]['train_seconds']:.1f} s",
+            flush=True)
 
     retrain()
     for fast_compile in (False, True):
@@ -139,11 +138,13 @@ def main() -> None:
                                        + r["compile_seconds"]["lowering"] for r in results),
                      results[0]["steps"]))
         print(f"fast_compile={fast_compile} {label}: {rows[-1][4]:.2f} s", flush=True)
-      if len(retrain_seconds) < args.retrain_repeats:
+      if len(retrainings) < args.retrain_repeats:
         retrain()
-    while len(retrain_seconds) < args.retrain_repeats:
+    while len(retrainings) < args.retrain_repeats:
       retrain()
 
+  retrain_seconds = [r["train_seconds"] for r in retrainings]
+  retrain_compile = [r["compile_seconds"]["xla_compiling"] for r in retrainings]
   baseline = statistics.median(retrain_seconds)
   print()
   print(f"retraining {args.workdir}'s model in this session, {len(retrain_seconds)} runs: "
