@@ -187,6 +187,22 @@ def resolve_dataset_name(config: ml_collections.ConfigDict) -> str:
   return name
 
 
+def matched_nonmembers(data: fj_data.ExperimentData, population: np.ndarray,
+                       scenario: ml_collections.ConfigDict) -> np.ndarray:
+  """Non-members that resemble the forget set, as a bool mask over `population`.
+
+  The forget set is judged against non-members of its own kind: unseen OOD
+  patches in the OOD scenario, unseen examples of the forgotten class in the
+  class scenario, unseen in-distribution examples for random forget sets.
+  """
+  nonmember = np.isin(population, data.splits.nonmembers)
+  if scenario.kind == "ood":
+    return nonmember & data.is_ood[population]
+  if scenario.kind == "class":
+    return nonmember & (data.pool.labels[population] == scenario.forget_class)
+  return nonmember & ~data.is_ood[population]
+
+
 def load_experiment_data(config: ml_collections.ConfigDict) -> fj_data.ExperimentData:
   """Loads the datasets and draws the splits that a config describes.
 

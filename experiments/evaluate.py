@@ -16,7 +16,10 @@ under `<workdir>/evaluate/`:
 - U-LiRA: how well LiRA tells the unlearned model's forget-set scores from the
   retrained model's (AUC 0.5 = indistinguishable);
 - an unseen-vs-unseen control: LiRA between two random halves of the
-  non-members, which no model trained on (AUC should be ~0.5).
+  non-members, which no model trained on (AUC should be ~0.5);
+- the relearning attack (`experiments.relearn`): steps of fine-tuning on the
+  forget set until each model's accuracy there is back, beside the same
+  model learning as many unseen look-alikes.
 """
 
 import os
@@ -26,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import cli, common, report
+from experiments import cli, common, relearn, report
 from experiments import shadow as shadow_phase
 from forsaken_jax import checkpoints, mia, parallel, train
 from forsaken_jax import data as fj_data
@@ -34,22 +37,6 @@ from forsaken_jax.mia import audit
 from forsaken_jax.mia import shadow as shadow_lib
 
 PHASE = "evaluate"
-
-
-def matched_nonmembers(data: fj_data.ExperimentData, population: np.ndarray,
-                       scenario: ml_collections.ConfigDict) -> np.ndarray:
-  """Non-members that resemble the forget set, as a bool mask over `population`.
-
-  The forget set is judged against non-members of its own kind: unseen OOD
-  patches in the OOD scenario, unseen examples of the forgotten class in the
-  class scenario, unseen in-distribution examples for random forget sets.
-  """
-  nonmember = np.isin(population, data.splits.nonmembers)
-  if scenario.kind == "ood":
-    return nonmember & data.is_ood[population]
-  if scenario.kind == "class":
-    return nonmember & (data.pool.labels[population] == scenario.forget_class)
-  return nonmember & ~data.is_ood[population]
 
 
 class Audit(NamedTuple):
@@ -114,7 +101,7 @@ def build_audit(config: ml_collections.ConfigDict, workdir: str, data: fj_data.E
   is_forget = np.isin(population, splits.forget)
   masks = {"forget": is_forget, "retain": np.isin(population, splits.members) & ~is_forget,
            "nonmember": np.isin(population, splits.nonmembers),
-           "matched": matched_nonmembers(data, population, config.scenario)}
+           "matched": common.matched_nonmembers(data, population, config.scenario)}
   original = parallel.replicate(original, parallel.make_mesh())
   oracles = audit.fit_oracles(
       jax.random.fold_in(jax.random.key(config.seed), 2), evidence,
@@ -226,6 +213,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   results["control_nonmember_halves_lira_auc"] = float(mia.roc_auc(
       scores["original"]["lira"][halves[:half]], scores["original"]["lira"][halves[half:]]))
   results["wall_seconds"] = report.phase_seconds(workdir)
+  results["relearn"] = relearn.relearn_audit(
+      config, data, common.create_model(common.model_spec(config, data)).apply_fn, params)
 
   out_dir = os.path.join(workdir, PHASE)
   if common.is_main_process():
@@ -234,6 +223,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         out_dir, scores=scores, masks=masks,
         lira_stats={name: np.asarray(mia.logit_scaled_confidence(a.logits, ctx.labels))
                     for name, a in audited.items()})
+    results["plots"].append(report.plot_relearn(out_dir, results["relearn"]))
     results = audit.to_jsonable(results)
     common.write_json(os.path.join(out_dir, "metrics.json"), results)
     with open(os.path.join(out_dir, "report.md"), "w") as f:

@@ -46,6 +46,11 @@ def _fr(entry: Mapping[str, Any] | None) -> str:
   return f"{100 * entry['rate']:.1f}% (B_T={entry['b_t']}, A_F={entry['a_f']})"
 
 
+def steps_label(value: int | None, budget: int) -> str:
+  """Steps to a relearning target, "> budget" when not reached."""
+  return f"> {budget}" if value is None else str(value)
+
+
 def headline_table(results: Mapping[str, Any]) -> str:
   """The one table the main job prints: utility, forgetting, privacy, time."""
   models = [m for m in MODEL_LABELS if m in results["accuracy"]]
@@ -70,6 +75,18 @@ def headline_table(results: Mapping[str, Any]) -> str:
   row("LiRA AUC, forget vs unseen look-alikes (± std. error)",
       [f"{forget_attack[m]['lira']['auc']:.3f} ± {forget_attack[m]['lira']['auc_std']:.3f}"
        for m in models])
+  relearn = results.get("relearn")
+  if relearn:
+    # The first setting is the headline attack; the report has every setting.
+    setting = next(iter(relearn["curves"]))
+    spec, curves = relearn["settings"][setting], relearn["curves"][setting]
+    budget = spec["steps"]
+    attack = f"{spec['optimizer']} lr {spec['learning_rate']:g}"
+    row(f"relearning ({attack}): steps to 80% forget-set accuracy (look-alikes)",
+        [f"{steps_label(curves[m]['forget'].get('steps_to_80'), budget)} "
+         f"({steps_label(curves[m]['control'].get('steps_to_80'), budget)})" for m in models])
+    row(f"relearning ({attack}): forget-set accuracy after 100 steps",
+        [pct(curves[m]["forget"].get("accuracy_at_100")) for m in models])
   seconds = results.get("wall_seconds", {})
   row("wall time (s)", [f"{seconds[MODEL_PHASES[m]]:.1f}" if MODEL_PHASES[m] in seconds
                         else "n/a" for m in models])
@@ -124,6 +141,14 @@ def markdown(results: Mapping[str, Any]) -> str:
     rates = results["judged_member_rate_on_forget"][m]
     out.append(f"| {MODEL_LABELS[m]} | " + " | ".join(pct(rates[o])
                                                     for o in ("shokri", "lira", "loss")) + " |")
+  if results.get("relearn"):
+    rl = results["relearn"]
+    out += ["", "## Relearning attack", "",
+            f"Each model fine-tuned on the forget set alone ({rl['num_forget']} examples, full "
+            f"batch), and, as the control, on {rl['num_control']} unseen look-alikes. A model "
+            "that never saw the forget set relearns it about as fast as it learns the "
+            "look-alikes; one that only hid its memory relearns it faster.", "",
+            relearn_table(rl)]
   out += ["", "## Controls", "",
           f"- LiRA between two random halves of the non-members (no model trained on either): "
           f"AUC {results['control_nonmember_halves_lira_auc']:.3f} (expected ~0.5).",
@@ -189,6 +214,47 @@ def plot_all(out_dir: str, *, scores: Mapping[str, Mapping[str, np.ndarray]],
   fig.tight_layout()
   files.append(_save(fig, out_dir, "hist_confidence.png"))
   return files
+
+
+def relearn_table(relearn: Mapping[str, Any], labels: Mapping[str, str] = MODEL_LABELS) -> str:
+  """Markdown: per setting and model, steps to regain the forget set, and its control."""
+  lines = ["| relearning attack | model | forget acc. before | steps to original acc. | "
+           "steps to 80% | forget acc. after 10 / 100 steps | control: steps to 80% | "
+           "control acc. after 100 steps |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  for setting, per_model in relearn["curves"].items():
+    spec = relearn["settings"][setting]
+    budget = spec["steps"]
+    for name, sets in per_model.items():
+      f, c = sets["forget"], sets["control"]
+      lines.append(
+          f"| {spec['optimizer']} lr {spec['learning_rate']:g}, full batch | "
+          f"{labels.get(name, name)} | {pct(f['accuracy'][0])} | "
+          f"{steps_label(f['steps_to_original'], budget)} | {steps_label(f.get('steps_to_80'), budget)} | "
+          f"{pct(f.get('accuracy_at_10'))} / {pct(f.get('accuracy_at_100'))} | "
+          f"{steps_label(c.get('steps_to_80'), budget)} | {pct(c.get('accuracy_at_100'))} |")
+  return "\n".join(lines)
+
+
+def plot_relearn(out_dir: str, relearn: Mapping[str, Any],
+                 labels: Mapping[str, str] = MODEL_LABELS, name: str = "relearn.png") -> str:
+  """Accuracy-per-step curves: forget set (solid) and look-alike control (dashed)."""
+  settings = list(relearn["curves"])
+  fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2), squeeze=False)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for ax, setting in zip(axes[0], settings):
+    spec = relearn["settings"][setting]
+    for i, (model, sets) in enumerate(relearn["curves"][setting].items()):
+      color = colors[i % len(colors)]
+      ax.plot(sets["forget"]["accuracy"], color=color, label=f"{labels.get(model, model)}: forget set")
+      ax.plot(sets["control"]["accuracy"], color=color, ls="--", lw=1,
+              label=f"{labels.get(model, model)}: unseen look-alikes")
+    ax.axhline(0.8, color="k", lw=0.5, ls=":")
+    ax.set(xlabel="fine-tuning steps", ylabel="accuracy on the fine-tuning set", ylim=(0, 1.02),
+           title=f"relearning: {spec['optimizer']} lr {spec['learning_rate']:g}, full batch")
+    ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  return _save(fig, out_dir, name)
 
 
 def _save(fig, out_dir: str, name: str) -> str:

@@ -6,7 +6,8 @@ Reads the run's train, shadow and retrain phases (read-only), runs Forsaken
 once per variant below (each a set of overrides of the config's `unlearn`
 section), then once per entry of the config's `sweep.variants` (a scenario's
 own trade-offs), plus two baselines, applies the evaluate phase's oracles
-(fitted once on the original model) to every result, and prints one table,
+(fitted once on the original model) and the relearning attack (the first
+setting of `evaluate.relearn`) to every result, and prints one table,
 also written to `<workdir>/sweep/results.md`. This is where the choices
 documented in docs/METHOD.md are measured against the alternatives, including
 the public port's defaults. Writes nothing else.
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import cli, common, report
+from experiments import cli, common, relearn, report
 from experiments import evaluate as evaluate_phase
 from experiments import unlearn as unlearn_phase
 from forsaken_jax import parallel, unlearn as fj_unlearn
@@ -70,12 +71,15 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   before = evaluate_phase.audit_model(ctx, images, original)
   seconds = report.phase_seconds(workdir)
 
+  finite_models = {}  # name -> params, for the relearning attack
+
   def row(name, params, wall, extra=""):
     if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params)):
       common.log(f"[sweep] {name}: parameters are not finite (diverged)")
       return {"model": name, "test": None, "forget": None, "lira_auc": None, "seconds": wall,
               "note": f"{extra}; diverged (non-finite parameters)",
               **{f"fr_{oracle}": None for oracle in audit.ORACLES}}
+    finite_models[name] = params
     result = evaluate_phase.audit_model(ctx, images, params)
     out = {"model": name, "test": result.accuracy["test"], "forget": result.accuracy["forget"],
            **evaluate_phase.forget_set_figures(ctx, before, result), "seconds": wall,
@@ -124,7 +128,16 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   rows.append(row("fine-tuning on retained data, 100 steps", params, time.perf_counter() - start,
                   "baseline"))
 
-  table = markdown_table(rows)
+  first = next(iter(config.evaluate.relearn.settings))
+  relearn_config = config.copy_and_resolve_references()
+  with relearn_config.unlocked():
+    relearn_config.evaluate.relearn.settings = {first: config.evaluate.relearn.settings[first]}
+  models = {"original": original, **finite_models}
+  curves = relearn.relearn_audit(relearn_config, data, model.apply_fn, models)["curves"][first]
+  for r in rows:
+    r["relearn"] = curves[r["model"]] if r["model"] in finite_models else None
+  table = markdown_table(rows, relearn_budget=config.evaluate.relearn.steps,
+                         relearn_setting=first)
   common.log(table)
   if common.is_main_process():
     os.makedirs(os.path.join(workdir, "sweep"), exist_ok=True)
@@ -133,18 +146,26 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   return rows
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], *, relearn_budget: int,
+                   relearn_setting: str) -> str:
   """The sweep's rows as a markdown table."""
   lines = ["| model | test acc. | forget acc. | FR Shokri | FR LiRA | FR loss | "
-           "LiRA AUC forget vs look-alikes | wall s | note |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+           f"LiRA AUC forget vs look-alikes | relearning ({relearn_setting}): steps to 80% "
+           "(look-alikes) | forget acc. after 100 relearning steps | wall s | note |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
   for r in rows:
     wall = "n/a" if r["seconds"] is None else f"{r['seconds']:.1f}"
+    rl = r.get("relearn")
+    steps = after = "n/a"
+    if rl:
+      steps = (f"{report.steps_label(rl['forget'].get('steps_to_80'), relearn_budget)} "
+               f"({report.steps_label(rl['control'].get('steps_to_80'), relearn_budget)})")
+      after = report.pct(rl["forget"].get("accuracy_at_100"))
     lines.append(
         f"| {r['model']} | {report.pct(r['test'])} | {report.pct(r['forget'])} | "
         f"{report.pct(r['fr_shokri'])} | {report.pct(r['fr_lira'])} | {report.pct(r['fr_loss'])} | "
-        f"{'n/a' if r['lira_auc'] is None else format(r['lira_auc'], '.3f')} | {wall} | "
-        f"{r['note']} |")
+        f"{'n/a' if r['lira_auc'] is None else format(r['lira_auc'], '.3f')} | {steps} | {after} | "
+        f"{wall} | {r['note']} |")
   return "\n".join(lines)
 
 

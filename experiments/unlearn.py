@@ -60,6 +60,11 @@ COMPATIBILITY_KEYS = ("phase", "model", "dataset_fingerprint", "signature")
 # images and labels.) "nonmembers": the target's non-members, the audit's
 # look-alikes included; kept to measure what that overlap changes.
 REFERENCE_SPLITS = ("shadow", "nonmembers")
+# The simulated attacker of the relearning term (unlearn.relearn_optimizer).
+# The meta-gradient differentiates through its updates: Adam needs eps_root
+# > 0 there, or sqrt(v) at v = 0 (a coordinate with no gradient) gives NaN.
+RELEARN_OPTIMIZERS = {"sgd": optax.sgd,
+                      "adam": lambda learning_rate: optax.adam(learning_rate, eps_root=1e-8)}
 
 
 def reference_indices(data: fj_data.ExperimentData, scenario: ml_collections.ConfigDict,
@@ -206,6 +211,8 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
   forsaken = fj_unlearn.make_forsaken(
       model.apply_fn, generator, objective=uc.objective, lr=uc.lr, l1_weight=uc.l1_weight,
       retain_weight=uc.retain_weight, threshold_weight=uc.threshold_weight,
+      relearn_weight=uc.relearn_weight, relearn_steps=uc.relearn_steps,
+      relearn_optimizer=RELEARN_OPTIMIZERS[uc.relearn_optimizer](uc.relearn_lr),
       gen_optimizer=optax.adam(uc.generator_lr), mask_capacity=capacity,
       max_steps=uc.max_steps, patience=uc.patience, acceptance=uc.acceptance,
       compiler_options=compiler_options)

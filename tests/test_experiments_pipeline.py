@@ -39,7 +39,7 @@ PHASE_FUNCTIONS = {"train": (train_phase, "train_and_evaluate"),
                    "unlearn": (unlearn_phase, "unlearn"),
                    "retrain": (retrain_phase, "retrain"),
                    "evaluate": (evaluate_phase, "evaluate")}
-PLOTS = ("roc_lira.png", "roc_oracles_original.png", "hist_confidence.png")
+PLOTS = ("roc_lira.png", "roc_oracles_original.png", "hist_confidence.png", "relearn.png")
 UNLEARN_STEPS = 6
 
 
@@ -226,6 +226,28 @@ def test_metrics_are_internally_consistent(run):
 
   assert set(m["wall_seconds"]) == {"train", "shadow", "unlearn", "retrain"}
   assert all(s > 0 for s in m["wall_seconds"].values())
+
+  # The relearning attack: every setting, every model, forget set and control.
+  rl, budget = m["relearn"], run["config"].evaluate.relearn.steps
+  assert set(rl["curves"]) == set(run["config"].evaluate.relearn.settings)
+  assert rl["num_forget"] == n and 0 < rl["num_control"] <= n
+  for per_model in rl["curves"].values():
+    assert set(per_model) == {"original", "unlearned", "retrained"}
+    for model, sets in per_model.items():
+      f = sets["forget"]
+      assert len(f["accuracy"]) == len(f["loss"]) == budget + 1
+      # Step 0 is the model as audited.
+      assert f["accuracy"][0] == pytest.approx(m["accuracy"][model]["forget"])
+      for name, target in (("steps_to_80", 0.8),
+                           ("steps_to_original", m["accuracy"]["original"]["forget"])):
+        t = f[name]
+        if t is None:
+          assert max(f["accuracy"]) < target - 1e-6
+        else:
+          assert f["accuracy"][t] >= target - 1e-6 and all(a < target - 1e-6
+                                                           for a in f["accuracy"][:t])
+  assert all(per_model["original"]["forget"]["steps_to_original"] == 0
+             for per_model in rl["curves"].values())
 
 
 def test_metrics_match_an_independent_recomputation(run):

@@ -77,6 +77,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.unlearn.l1_weight = 0.01  # lambda
   config.unlearn.retain_weight = 1_000.0  # weight of omega(theta'); 0 = the paper's loss
   config.unlearn.generator_lr = 1e-2  # Adam on the generator's parameters
+  # The relearning term (docs/METHOD.md): weight 0 = off (the paper's loss);
+  # the simulated attacker fine-tunes relearn_steps full-batch steps.
+  config.unlearn.relearn_weight = 0.0
+  config.unlearn.relearn_steps = 5
+  config.unlearn.relearn_optimizer = "sgd"  # "sgd" | "adam"
+  config.unlearn.relearn_lr = 0.1
   config.unlearn.mask_fraction = 0.3  # neuron masking: fraction of units the dummy gradient may touch
   config.unlearn.max_steps = 100
   config.unlearn.patience = 20
@@ -99,6 +105,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluate.shokri_features = "sorted_label"  # "sorted" (label-agnostic) | "sorted_label"
   config.evaluate.shokri_per_class = False
   config.evaluate.lira_fixed_variance = False
+  # The relearning attack (experiments/relearn.py): full-batch fine-tuning of
+  # every model on the forget set, and on as many unseen look-alikes (the
+  # control), under each optimizer setting below.
+  config.evaluate.relearn = ml_collections.ConfigDict()
+  config.evaluate.relearn.steps = 300
+  config.evaluate.relearn.accuracy_targets = (0.8,)
+  config.evaluate.relearn.budgets = (10, 25, 50, 100)
+  config.evaluate.relearn.settings = ml_collections.ConfigDict({
+      "adam_1e-3": {"optimizer": "adam", "learning_rate": 1e-3},
+      "sgd_1e-1": {"optimizer": "sgd", "learning_rate": 1e-1},
+  })
 
   # experiments.sweep_unlearn: extra rows beyond its standard ablations,
   # name -> overrides of config.unlearn (a scenario adds its own trade-offs).

@@ -29,12 +29,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.learning_rate = 3e-3
   config.train.log_every = 50
   config.train.checkpoint_every = 100
+  config.evaluate.relearn.steps = 150
   if arg == "runlocal":
     config.train.steps = 30
     config.train.checkpoint_every = 10
     config.shadow.num_models = 4
     config.shadow.num_shokri_models = 2
     config.shadow.checkpoint_every = 10
+    config.evaluate.relearn.steps = 40
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
   return config

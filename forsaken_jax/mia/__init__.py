@@ -11,6 +11,8 @@ Scores are oriented so that higher always means "more likely a member".
 * `shokri`: the shadow-model attack classifier.
 * `forgetting`: the forgetting rate of "Learn to Forget".
 * `shadow`: many shadow models trained at once (`jax.vmap` over stacked params).
+* `relearn`: the relearning attack (fine-tune on the forget set, count the
+  steps until its accuracy is back).
 * `audit`: oracles fitted once and applied to original, unlearned and
   retrained models; forgetting rates per oracle.
 """
@@ -52,6 +54,13 @@ from forsaken_jax.mia.stats import (
     top1_confidence,
     true_class_confidence,
 )
+from forsaken_jax.mia.relearn import (
+    RelearnAttack,
+    RelearnCurve,
+    make_relearn_attack,
+    relearn_summary,
+    steps_to_accuracy,
+)
 from forsaken_jax.mia.shadow import (
     init_stacked_state,
     make_stacked_predict_fn,
@@ -69,6 +78,8 @@ __all__ = [
     "FEATURE_MODES",
     "ForgettingRate",
     "MEMBERSHIP_SIGN",
+    "RelearnAttack",
+    "RelearnCurve",
     "STATISTICS",
     "ShokriAttack",
     "ThresholdAttack",
@@ -88,12 +99,14 @@ __all__ = [
     "lira_online",
     "logit_scaled_confidence",
     "loss",
+    "make_relearn_attack",
     "make_stacked_predict_fn",
     "make_stacked_train_step",
     "model_mesh",
     "membership_score",
     "modified_entropy",
     "predict_member",
+    "relearn_summary",
     "roc_auc",
     "roc_curve",
     "shadow_batch_indices",
@@ -102,6 +115,7 @@ __all__ = [
     "shokri_scores",
     "stack",
     "stacked_sharding",
+    "steps_to_accuracy",
     "summarize",
     "top1_confidence",
     "tpr_at_fpr",

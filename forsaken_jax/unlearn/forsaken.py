@@ -8,7 +8,17 @@ One generator step (`make_generator_update`):
   L(phi)    = D(f_theta'(D_u), reference)
               + lambda * omega(theta') * ||g||_1
               + retain_weight * omega(theta')
+              + relearn_weight * relu(R(theta; D_n) - R(theta'; D_u))
   phi      <- Adam step on dL/dphi
+
+R(theta; S) is the mean loss on S after `relearn_steps` steps of
+fine-tuning on S alone, starting from theta: the relearning attack,
+simulated, unrolled and differentiated through on the forget set D_u. The
+yardstick, as many unseen look-alikes D_n relearned from the current model
+theta, does not depend on phi. The term is zero unless the forget set would
+be relearned faster than the look-alikes: it asks the dummy gradient to
+remove what a short fine-tune could bring back, not only to hide it (the
+idea of tamper-resistant training, Tamirisa et al. 2024).
 
 D is the forget objective of `reference.py`; omega is the mean retain loss
 (cross-entropy) on a retained batch D_r. L is differentiated *through* the
@@ -24,6 +34,9 @@ Choices of this reconstruction, with their knobs:
 - `retain_weight * omega(theta')` is our addition (default 0 = the paper's
   loss): the paper's loss only uses omega to weight the L1 term, which does
   not by itself keep test accuracy within a couple of points.
+- The relearning term is our addition too (default `relearn_weight=0`,
+  the paper's loss). It needs the relative objective's reference batch:
+  its first B_u examples are the look-alikes D_u is compared with.
 
 The unlearning loop (`make_forsaken`) repeats generator steps from the
 current model; the model keeps a step's theta' only if the step improved L,
@@ -69,7 +82,8 @@ ACCEPTANCE_RULES = ("same_batch", "best_so_far")
 __all__ = [
     "ACCEPTANCE_RULES", "Forsaken", "ForsakenState", "GeneratorState", "GeneratorUpdate", "STOP_MAX_STEPS",
     "STOP_PATIENCE", "STOP_REASONS", "STOP_RUNNING", "STOP_TARGET", "UnlearnResult",
-    "apply_dummy_gradient", "make_forsaken", "make_generator_update", "summarize", "unlearn",
+    "apply_dummy_gradient", "make_forsaken", "make_generator_update", "make_simulated_relearn",
+    "summarize", "unlearn",
 ]
 
 
@@ -133,6 +147,46 @@ def apply_dummy_gradient(params: Params, dummy_grad: Params, *, lr: float | jax.
   return jax.tree.map(one, params, dummy_grad, mask)
 
 
+# ----------------------------------------------------------------------------- relearning
+
+
+def make_simulated_relearn(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
+                           num_steps: int, loss_fn: losses.LossFn = losses.cross_entropy
+                           ) -> Callable[[Params, Batch], jax.Array]:
+  """The relearning attack as a differentiable function of the starting model.
+
+  Args:
+    apply_fn: `(params, images) -> logits`.
+    tx: the simulated attacker's optimizer (fresh state at every call).
+    num_steps: full-batch fine-tuning steps (positive).
+    loss_fn: per-example loss the attacker descends.
+
+  Returns:
+    `relearned_loss(params, batch) -> scalar`: the mean loss on `batch` after
+    `num_steps` optimizer steps on `batch` from `params`. The steps run under
+    `jax.lax.scan`, so one compiled body serves any number of steps, and
+    reverse-mode differentiation goes through all of them.
+  """
+  if num_steps < 1:
+    raise ValueError(f"relearn_steps must be positive, got {num_steps}")
+
+  def mean_loss(p, batch):
+    return jnp.mean(loss_fn(reference_lib.at_least_float32(apply_fn(p, batch["image"])),
+                            batch["label"]))
+
+  def relearned_loss(params, batch):
+    def step(carry, _):
+      p, opt_state = carry
+      grads = jax.grad(mean_loss)(p, batch)
+      updates, opt_state = tx.update(grads, opt_state, p)
+      return (optax.apply_updates(p, updates), opt_state), None
+
+    (final, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=num_steps)
+    return mean_loss(final, batch)
+
+  return relearned_loss
+
+
 # ----------------------------------------------------------------------------- generator update
 
 
@@ -178,7 +232,11 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
                           mask: Mask | None = None,
                           retain_loss_fn: losses.LossFn = losses.cross_entropy,
                           kl_epsilon: float = 1e-6,
-                          threshold_weight: float = 0.0) -> GeneratorUpdate:
+                          threshold_weight: float = 0.0,
+                          relearn_weight: float = 0.0,
+                          relearn_steps: int = 5,
+                          relearn_optimizer: optax.GradientTransformation | None = None
+                          ) -> GeneratorUpdate:
   """Builds one step of the generator's training (the meta-gradient step).
 
   Args:
@@ -198,19 +256,33 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     kl_epsilon: reference smoothing for the KL objectives.
     threshold_weight: "relative_confidence_matching" only: weight of the hinge
       that pushes forget samples below `reference["threshold"]`.
+    relearn_weight: weight of the relearning term (0 = off); needs a
+      relative objective, whose reference batch holds at least B_u examples.
+    relearn_steps: fine-tuning steps of the simulated relearning attack.
+    relearn_optimizer: its optimizer; default `optax.sgd(0.1)`.
 
   Returns:
     A `GeneratorUpdate` of jitted functions. `update` returns `info` with
     scalars `loss`, `distance` (D at theta'), `omega`, `l1` (mean |g| over the
-    mask), `finite` (bool: the step was applied), and `forget_logits`
+    mask), `relearn_gap` (the relearning term before its weight; 0 when
+    off), `finite` (bool: the step was applied), and `forget_logits`
     `[B_u, C]` at the candidate. When `finite` is False, the generator state
     is returned unchanged and the candidate equals `model_params`.
   """
   reference_lib.check_objective(objective)
   for name, value in (("lr", lr), ("l1_weight", l1_weight), ("retain_weight", retain_weight),
-                      ("threshold_weight", threshold_weight)):
+                      ("threshold_weight", threshold_weight), ("relearn_weight", relearn_weight)):
     if not value >= 0:
       raise ValueError(f"{name} must be non-negative, got {value!r}")
+  if relearn_weight and objective not in reference_lib.RELATIVE_OBJECTIVES:
+    raise ValueError(f"relearn_weight > 0 compares the forget set with the reference batch of a "
+                     f"relative objective {reference_lib.RELATIVE_OBJECTIVES}; got objective "
+                     f"{objective!r}")
+  relearned_loss = None
+  if relearn_weight:
+    relearned_loss = make_simulated_relearn(
+        apply_fn, optax.sgd(0.1) if relearn_optimizer is None else relearn_optimizer,
+        num_steps=relearn_steps, loss_fn=retain_loss_fn)
   tx = optax.adam(1e-4) if gen_optimizer is None else gen_optimizer
   # The generator's own mask is the default; a different explicit mask is
   # rejected once the params' shapes are known (in `prepared_mask`).
@@ -240,6 +312,19 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
   def retain_loss(p, batch):
     return jnp.mean(retain_loss_fn(apply_fn(p, batch["image"]), batch["label"]))
 
+  def relearn_gap(model_params, p, forget_batch, reference):
+    """How much faster D_u is relearned from p than look-alikes from model_params (>= 0)."""
+    if relearned_loss is None:
+      return jnp.zeros((), jnp.float32)
+    size = jnp.shape(forget_batch["label"])[0]
+    if jnp.shape(reference["label"])[0] < size:
+      raise ValueError(f"relearn_weight > 0 needs at least {size} reference examples (as many "
+                       f"as the forget batch), got {jnp.shape(reference['label'])[0]}")
+    control = {"image": reference["image"][:size], "label": reference["label"][:size]}
+    # The yardstick: look-alikes relearned from the current model, whatever phi.
+    control_loss = relearned_loss(jax.lax.stop_gradient(model_params), control)
+    return jax.nn.relu(control_loss - relearned_loss(p, forget_batch))
+
   def features(model_params, forget_batch, retain_batch, reference):
     check_inputs(model_params, forget_batch, retain_batch)
     model_params = jax.lax.stop_gradient(model_params)
@@ -255,6 +340,9 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     feats = generators_lib.Features(model_params, forget_grad, retain_grad, context)
     # With g = 0 the L1 term vanishes: the loss of leaving theta unchanged.
     baseline = distance + retain_weight * omega
+    if relearned_loss is not None:
+      baseline += relearn_weight * relearn_gap(model_params, model_params, forget_batch,
+                                                reference)
     return feats, baseline
 
   def loss_at(gen_params, feats, model_params, forget_batch, retain_batch, reference,
@@ -273,9 +361,10 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     omega = retain_loss(candidate, retain_batch)
     l1 = sum(jnp.sum(jnp.abs(reference_lib.at_least_float32(g)))
              for g in jax.tree.leaves(dummy)) / count
-    loss = distance + l1_weight * omega * l1 + retain_weight * omega
-    aux = {"distance": distance, "omega": omega, "l1": l1, "candidate": candidate,
-           "forget_logits": forget_logits}
+    gap = relearn_gap(model_params, candidate, forget_batch, reference)
+    loss = distance + l1_weight * omega * l1 + retain_weight * omega + relearn_weight * gap
+    aux = {"distance": distance, "omega": omega, "l1": l1, "relearn_gap": gap,
+           "candidate": candidate, "forget_logits": forget_logits}
     return loss, aux
 
   def init(key: jax.Array) -> GeneratorState:
@@ -389,6 +478,9 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
                   retain_loss_fn: losses.LossFn = losses.cross_entropy,
                   kl_epsilon: float = 1e-6,
                   threshold_weight: float = 0.0,
+                  relearn_weight: float = 0.0,
+                  relearn_steps: int = 5,
+                  relearn_optimizer: optax.GradientTransformation | None = None,
                   mask_capacity: int | None = None,
                   compiler_options: dict[str, Any] | None = None) -> Forsaken:
   """Builds the Forsaken unlearning loop.
@@ -417,7 +509,8 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
     apply_fn: `(params, images) -> logits`.
     generator: from `generators.make_*_generator`.
     objective, lr, l1_weight, retain_weight, gen_optimizer, mask,
-      retain_loss_fn, kl_epsilon, threshold_weight: see `make_generator_update`.
+      retain_loss_fn, kl_epsilon, threshold_weight, relearn_weight,
+      relearn_steps, relearn_optimizer: see `make_generator_update`.
     max_steps: step budget (also the length of the traces).
     patience: stop after this many consecutive steps without acceptance.
     score_fn: per-example membership score `(logits, labels) -> [B]`.
@@ -450,7 +543,9 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
   gen_update = make_generator_update(
       apply_fn, generator, objective=objective, lr=lr, l1_weight=l1_weight,
       retain_weight=retain_weight, gen_optimizer=gen_optimizer, mask=mask,
-      retain_loss_fn=retain_loss_fn, kl_epsilon=kl_epsilon, threshold_weight=threshold_weight)
+      retain_loss_fn=retain_loss_fn, kl_epsilon=kl_epsilon, threshold_weight=threshold_weight,
+      relearn_weight=relearn_weight, relearn_steps=relearn_steps,
+      relearn_optimizer=relearn_optimizer)
 
   def pack(params, chosen):
     """The loop's runtime mask: `chosen`, else the build-time mask, packed."""
