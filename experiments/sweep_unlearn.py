@@ -98,6 +98,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
     state = parallel.block(prep.run(prep.state, prep.forget, prep.retain, prep.reference,
                                     prep.threshold, prep.target_rate,
                                     jnp.int32(variant.unlearn.max_steps)))
+    state = unlearn_phase.finish(prep, state)
     wall = time.perf_counter() - start
     info = fj_unlearn.summarize(state)
     rows.append(row(name, state.params, wall,

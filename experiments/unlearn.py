@@ -136,6 +136,9 @@ class Prepared(NamedTuple):
   target_rate: jax.Array
   oracle_threshold: float
   num_reference: int
+  # `unlearn.repair_steps` of fine-tuning on the retained batches after the
+  # loop, `(params, retain) -> (params, losses)`; None when off.
+  repair: Callable[..., Any] | None = None
 
 
 def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -243,11 +246,27 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
       reference = {**reference, "threshold": jnp.asarray(oracle.threshold, jnp.float32)}
     state = forsaken.init(key, original, forget, retain, reference, mask=mask)
     run = compiled_run.result()
+  repair = None
+  if uc.repair_steps:
+    repair = fj_unlearn.make_finetune_loop(model.apply_fn, optax.adam(uc.repair_lr),
+                                           num_steps=uc.repair_steps)
   return Prepared(
       forsaken=forsaken, run=run, state=state, forget=forget, retain=retain, reference=reference,
       threshold=jnp.asarray(oracle.threshold if uc.stop_at_target else -jnp.inf, jnp.float32),
       target_rate=jnp.asarray(target_rate, jnp.float32),
-      oracle_threshold=float(oracle.threshold), num_reference=int(len(ref_idx)))
+      oracle_threshold=float(oracle.threshold), num_reference=int(len(ref_idx)), repair=repair)
+
+
+def finish(prep: Prepared, state: fj_unlearn.ForsakenState) -> fj_unlearn.ForsakenState:
+  """The finished loop's state with its model repaired on retained data (if configured).
+
+  The repair is deterministic (the same retained batches, cycled), so a run
+  interrupted during it and resumed repairs to the same parameters.
+  """
+  if prep.repair is None:
+    return state
+  params, _ = prep.repair(state.params, prep.retain)
+  return state._replace(params=parallel.block(params))
 
 
 def unlearn(config: ml_collections.ConfigDict, workdir: str,
@@ -323,6 +342,7 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
     unlearn_seconds = elapsed_before
     common.log(f"[{PHASE}] already complete in {manager.directory}")
   else:
+    state = finish(prep, state)
     unlearn_seconds = elapsed_before + setup_seconds + time.perf_counter() - loop_start
     save(state, complete=True)
     manager.wait_until_finished()
@@ -344,6 +364,7 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
       "target_threshold": prep.oracle_threshold, "target_rate": float(prep.target_rate),
       "num_forget": int(len(data.splits.forget)), "num_reference": prep.num_reference,
       "setup_seconds": setup_seconds, "mask_fraction": float(uc.mask_fraction),
+      "relearn_weight": float(uc.relearn_weight), "repair_steps": int(uc.repair_steps),
       # Summed over programs; the loop's compilation overlaps the setup's work.
       "compile_seconds": compile_times,
       "generator": uc.generator,

@@ -363,6 +363,37 @@ def test_unlearn_phase_resumes_to_identical_parameters(run, tmp_path):
     assert _snapshot(os.path.join(workdir, phase)) == before, phase
 
 
+def test_unlearn_with_relearning_term_and_repair_resumes_to_the_same_model(run, tmp_path):
+  """The removal settings: the relearning term and the repair after the loop."""
+  config, data = run["config"].copy_and_resolve_references(), run["data"]
+  with config.unlocked():
+    config.unlearn.relearn_weight = 10.0
+    config.unlearn.relearn_steps = 3
+    config.unlearn.repair_steps = 4
+  straight_dir = _copy_phases(run["workdir"], str(tmp_path / "straight"), ["train"])
+  straight_summary = unlearn_phase.unlearn(config, straight_dir)
+  assert straight_summary["repair_steps"] == 4 and straight_summary["relearn_weight"] == 10.0
+  resumed_dir = _copy_phases(run["workdir"], str(tmp_path / "resumed"), ["train"])
+  with pytest.raises(common.TrainingInterrupted):
+    unlearn_phase.unlearn(config, resumed_dir, stop_after=3)
+  unlearn_phase.unlearn(config, resumed_dir)
+  straight, _ = common.load_phase_params(config, straight_dir, "unlearn", data)
+  resumed, _ = common.load_phase_params(config, resumed_dir, "unlearn", data)
+  _assert_same_params(jax.device_get(resumed), jax.device_get(straight))
+  # The stored model is the repaired one: the repair moved the loop's model.
+  loop_state = checkpoints.open_manager(common.checkpoint_dir(straight_dir, "unlearn"),
+                                        read_only=True)
+  assert loop_state.latest_step() == UNLEARN_STEPS
+  without_repair = config.copy_and_resolve_references()
+  with without_repair.unlocked():
+    without_repair.unlearn.repair_steps = 0
+  plain_dir = _copy_phases(run["workdir"], str(tmp_path / "plain"), ["train"])
+  unlearn_phase.unlearn(without_repair, plain_dir)
+  plain, _ = common.load_phase_params(without_repair, plain_dir, "unlearn", data)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(plain)),
+                                                   jax.tree.leaves(jax.device_get(straight))))
+
+
 @pytest.mark.parametrize("phase,section,key,value", [
     ("shadow", "shadow", "num_models", 6),
     ("unlearn", "unlearn", "lr", 0.5),

@@ -319,3 +319,23 @@ def test_finetune_step(linear):
   bad = {"image": batch["image"], "label": batch["label"][:3]}
   with pytest.raises(ValueError, match="retain_batch"):
     step(params, tx.init(params), bad)
+
+
+def test_finetune_loop_equals_steps_with_cycled_batches(linear):
+  apply_fn, params, batch = linear
+  tx = optax.adam(0.05)
+  other = {"image": batch["image"][::-1] * 0.5, "label": batch["label"][::-1]}
+  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), batch, other)
+  run = unlearn.make_finetune_loop(apply_fn, tx, num_steps=5)
+  looped, step_losses = run(params, stacked)
+  step = unlearn.make_finetune_step(apply_fn, tx)
+  expected, state = params, tx.init(params)
+  for t in range(5):
+    expected, state, info = step(expected, state, (batch, other)[t % 2])
+    np.testing.assert_allclose(step_losses[t], info["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="num_steps"):
+    unlearn.make_finetune_loop(apply_fn, tx, num_steps=0)
+  with pytest.raises(ValueError, match="stacked"):
+    run(params, batch)

@@ -80,9 +80,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The relearning term (docs/METHOD.md): weight 0 = off (the paper's loss);
   # the simulated attacker fine-tunes relearn_steps full-batch steps.
   config.unlearn.relearn_weight = 0.0
-  config.unlearn.relearn_steps = 5
-  config.unlearn.relearn_optimizer = "sgd"  # "sgd" | "adam"
-  config.unlearn.relearn_lr = 0.1
+  config.unlearn.relearn_steps = 20
+  config.unlearn.relearn_optimizer = "adam"  # "adam" | "sgd"
+  config.unlearn.relearn_lr = 1e-3
+  # Fine-tuning steps (Adam) on the retained batches after the generator's
+  # steps, to win back accuracy; 0 = none (the paper).
+  config.unlearn.repair_steps = 0
+  config.unlearn.repair_lr = 1e-3
   config.unlearn.mask_fraction = 0.3  # neuron masking: fraction of units the dummy gradient may touch
   config.unlearn.max_steps = 100
   config.unlearn.patience = 20
@@ -121,6 +125,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # name -> overrides of config.unlearn (a scenario adds its own trade-offs).
   config.sweep = ml_collections.ConfigDict()
   config.sweep.variants = ml_collections.ConfigDict({
+      "relearning term (weight 1000), no stop at the target, 200 steps": {
+          "relearn_weight": 1000.0, "stop_at_target": False, "max_steps": 200},
+      "relearning term (weight 1000), no stop, 200 steps, then 50 repair steps": {
+          "relearn_weight": 1000.0, "stop_at_target": False, "max_steps": 200,
+          "repair_steps": 50},
+      "relearning term (weight 100), no stop at the target, 200 steps": {
+          "relearn_weight": 100.0, "stop_at_target": False, "max_steps": 200},
+      "relearning term (weight 100, attacker SGD lr 1e-1 x 5), no stop at the target, 200 steps": {
+          "relearn_weight": 100.0, "relearn_optimizer": "sgd", "relearn_lr": 0.1,
+          "relearn_steps": 5, "stop_at_target": False, "max_steps": 200},
       "threshold weight 100": {"threshold_weight": 100.0},
       "threshold weight 1000": {"threshold_weight": 1000.0},
       "D_n from the target's non-members (the audit's look-alikes)": {

@@ -15,7 +15,8 @@ Typical use:
 or `unlearn.unlearn(...)` for all of it in one call.
 """
 
-from forsaken_jax.unlearn.baselines import make_finetune_step, make_gradient_ascent_step
+from forsaken_jax.unlearn.baselines import (
+    make_finetune_loop, make_finetune_step, make_gradient_ascent_step)
 from forsaken_jax.unlearn.forsaken import (
     ACCEPTANCE_RULES, STOP_MAX_STEPS, STOP_PATIENCE, STOP_REASONS, STOP_RUNNING, STOP_TARGET, Forsaken,
     ForsakenState, GeneratorState, GeneratorUpdate, UnlearnResult, apply_dummy_gradient,
@@ -35,7 +36,7 @@ __all__ = [
     "Generator", "GeneratorState", "GeneratorUpdate", "OBJECTIVES", "PackedMask", "RELATIVE_OBJECTIVES",
     "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_REASONS", "STOP_RUNNING", "STOP_TARGET",
     "UnlearnResult", "apply_dummy_gradient", "compute_reference", "forsaken_transform", "make_coordinatewise_generator",
-    "make_dense_generator", "make_finetune_step", "make_forsaken", "make_generator",
+    "make_dense_generator", "make_finetune_loop", "make_finetune_step", "make_forsaken", "make_generator",
     "make_generator_update", "make_gradient_ascent_step", "make_simulated_relearn", "neuron_mask", "neuron_mask_capacity",
     "objective_distance", "pack_mask", "packed_mask_shape",
     "reference_from_logits", "summarize", "unit_saliency", "unlearn",

@@ -3,7 +3,9 @@
 - Gradient ascent: SGD *up* the forget loss. Cheap, and the usual lower bar:
   it lowers the forget set's confidence but quickly damages the model.
 - Fine-tuning: continue training on retained data only, relying on
-  catastrophic forgetting of the forget set.
+  catastrophic forgetting of the forget set. `make_finetune_loop` runs it
+  as one compiled program; Forsaken's optional repair (`unlearn.repair_steps`
+  in the experiments) is this loop after the generator's steps.
 """
 
 from typing import Any, Callable
@@ -19,7 +21,7 @@ Params = Any
 Batch = dict[str, jax.Array]
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
-__all__ = ["make_finetune_step", "make_gradient_ascent_step"]
+__all__ = ["make_finetune_loop", "make_finetune_step", "make_gradient_ascent_step"]
 
 
 def make_gradient_ascent_step(apply_fn: ApplyFn, *, lr: float,
@@ -72,3 +74,44 @@ def make_finetune_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
     return optax.apply_updates(params, updates), opt_state, {"loss": loss}
 
   return step
+
+
+def make_finetune_loop(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, num_steps: int,
+                       loss_fn: losses.LossFn = losses.cross_entropy) -> Callable:
+  """`num_steps` optimizer steps on retained batches, cycled, in one program.
+
+  Args:
+    apply_fn: `(params, images) -> logits`.
+    tx: the optimizer; its state starts fresh.
+    num_steps: steps to run (positive).
+    loss_fn: per-example loss.
+
+  Returns:
+    Jitted `run(params, retain_batches) -> (params, losses [num_steps])`,
+    `retain_batches` stacked `[K, B, ...]`: step t uses batch t % K.
+  """
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be positive, got {num_steps}")
+
+  @jax.jit
+  def run(params, retain_batches):
+    check_batch(retain_batches, "retain_batches", stacked=True)
+    if jnp.ndim(retain_batches["label"]) != 2:
+      raise ValueError("retain_batches must be stacked [K, B, ...]")
+    num_batches = jnp.shape(retain_batches["label"])[0]
+
+    def step(carry, t):
+      p, opt_state = carry
+      batch = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t % num_batches,
+                                                                  keepdims=False),
+                           retain_batches)
+      loss, grads = jax.value_and_grad(
+          lambda q: jnp.mean(loss_fn(apply_fn(q, batch["image"]), batch["label"])))(p)
+      updates, opt_state = tx.update(grads, opt_state, p)
+      return (optax.apply_updates(p, updates), opt_state), loss
+
+    (params, _), step_losses = jax.lax.scan(step, (params, tx.init(params)),
+                                            jnp.arange(num_steps))
+    return params, step_losses
+
+  return run

@@ -234,7 +234,7 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
                           kl_epsilon: float = 1e-6,
                           threshold_weight: float = 0.0,
                           relearn_weight: float = 0.0,
-                          relearn_steps: int = 5,
+                          relearn_steps: int = 20,
                           relearn_optimizer: optax.GradientTransformation | None = None
                           ) -> GeneratorUpdate:
   """Builds one step of the generator's training (the meta-gradient step).
@@ -259,7 +259,8 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     relearn_weight: weight of the relearning term (0 = off); needs a
       relative objective, whose reference batch holds at least B_u examples.
     relearn_steps: fine-tuning steps of the simulated relearning attack.
-    relearn_optimizer: its optimizer; default `optax.sgd(0.1)`.
+    relearn_optimizer: its optimizer; default Adam 1e-3 (with `eps_root`, as
+      differentiating through it needs).
 
   Returns:
     A `GeneratorUpdate` of jitted functions. `update` returns `info` with
@@ -281,7 +282,8 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
   relearned_loss = None
   if relearn_weight:
     relearned_loss = make_simulated_relearn(
-        apply_fn, optax.sgd(0.1) if relearn_optimizer is None else relearn_optimizer,
+        apply_fn,
+        optax.adam(1e-3, eps_root=1e-8) if relearn_optimizer is None else relearn_optimizer,
         num_steps=relearn_steps, loss_fn=retain_loss_fn)
   tx = optax.adam(1e-4) if gen_optimizer is None else gen_optimizer
   # The generator's own mask is the default; a different explicit mask is
@@ -479,7 +481,7 @@ def make_forsaken(apply_fn: ApplyFn, generator: generators_lib.Generator, *,
                   kl_epsilon: float = 1e-6,
                   threshold_weight: float = 0.0,
                   relearn_weight: float = 0.0,
-                  relearn_steps: int = 5,
+                  relearn_steps: int = 20,
                   relearn_optimizer: optax.GradientTransformation | None = None,
                   mask_capacity: int | None = None,
                   compiler_options: dict[str, Any] | None = None) -> Forsaken:
