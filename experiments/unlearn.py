@@ -341,18 +341,20 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
   if already_complete:
     unlearn_seconds = elapsed_before
     common.log(f"[{PHASE}] already complete in {manager.directory}")
-  else:
-    state = finish(prep, state)
-    unlearn_seconds = elapsed_before + setup_seconds + time.perf_counter() - loop_start
-    save(state, complete=True)
-    manager.wait_until_finished()
-
   info = fj_unlearn.summarize(state)
   if info["accepted"] == 0 and info["nonfinite"] == info["steps"]:
+    # Checked before the final save: the checkpoint is never marked complete,
+    # so no later phase reads the unchanged model as an unlearned one.
+    manager.wait_until_finished()
     raise FloatingPointError(
         f"[{PHASE}] every generator step gave a non-finite loss; the model was left unchanged "
         f"and no unlearned model was produced. Lower unlearn.lr (now {uc.lr}) or "
         f"unlearn.generator_lr (now {uc.generator_lr}).")
+  if not already_complete:
+    state = finish(prep, state)
+    unlearn_seconds = elapsed_before + setup_seconds + time.perf_counter() - loop_start
+    save(state, complete=True)
+    manager.wait_until_finished()
   if info["nonfinite"]:
     common.log(f"[{PHASE}] {info['nonfinite']} of {info['steps']} generator steps had a "
                "non-finite loss and were rejected (the model was not changed by them)")

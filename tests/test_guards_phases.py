@@ -274,9 +274,6 @@ def test_all_nonfinite_unlearn_run_is_an_error_that_never_stores_nan(run, nonfin
     _assert_same_params(state["params"], run["original"])
 
 
-@pytest.mark.xfail(strict=True, reason="the unlearn phase saves its final checkpoint, marked "
-                   "complete, before it raises (experiments/unlearn.py), so the unchanged model "
-                   "is then read as the unlearned one")
 def test_all_nonfinite_unlearn_run_leaves_no_finished_unlearned_model(run, nonfinite_run):
   with pytest.raises(checkpoints.CheckpointError):
     common.load_phase_params(nonfinite_run["config"], nonfinite_run["workdir"], "unlearn",

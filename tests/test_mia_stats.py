@@ -172,3 +172,13 @@ def test_bad_inputs_raise():
     stats.loss(logits, jnp.zeros(3))
   with pytest.raises(ValueError, match="labels must be given"):
     stats.loss(logits, None)
+
+
+def test_labels_closed_over_inside_jit_are_checked_not_traced():
+  """Host labels captured by a jitted function keep their eager range check."""
+  logits = jnp.zeros((3, 4))
+  labels = np.array([0, 1, 3])
+  out = jax.jit(lambda z: stats.logit_scaled_confidence(z, labels))(logits)
+  np.testing.assert_allclose(out, np.full(3, -np.log(3.0)), rtol=1e-6)
+  with pytest.raises(ValueError, match="labels must lie in"):
+    jax.jit(lambda z: stats.logit_scaled_confidence(z, np.array([0, 1, 4])))(logits)

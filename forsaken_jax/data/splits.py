@@ -52,12 +52,6 @@ def _check_seed(seed: Any) -> int:
   return int(seed)
 
 
-def _check_count(name: str, value: Any, *, minimum: int = 0) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-  return int(value)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Splits:
   """Index sets of one experiment.
@@ -216,7 +210,7 @@ def build_pool(
     ValueError: if `num_ood` exceeds `len(ood)`, `ood` is missing, or the
       image shapes differ.
   """
-  num_ood = _check_count("num_ood", num_ood)
+  num_ood = validation.check_count("num_ood", num_ood)
   seed = _check_seed(seed)
   if num_ood == 0:
     return train, np.zeros(len(train), bool)
@@ -295,10 +289,10 @@ def make_splits(
         f"got {is_ood.dtype} {is_ood.shape}")
   if scenario not in SCENARIOS:
     raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
-  test_size = _check_count("test_size", test_size, minimum=1)
-  num_members = _check_count("num_members", num_members, minimum=1)
-  num_nonmembers = _check_count("num_nonmembers", num_nonmembers, minimum=1)
-  num_shadow = _check_count("num_shadow", num_shadow)
+  test_size = validation.check_count("test_size", test_size, minimum=1)
+  num_members = validation.check_count("num_members", num_members, minimum=1)
+  num_nonmembers = validation.check_count("num_nonmembers", num_nonmembers, minimum=1)
+  num_shadow = validation.check_count("num_shadow", num_shadow)
   seed = _check_seed(seed)
 
   in_dist = np.flatnonzero(~is_ood)
@@ -316,7 +310,7 @@ def make_splits(
     ood = np.flatnonzero(is_ood)
     if num_forget_ood is None:
       raise ValueError("scenario 'ood' needs num_forget_ood")
-    num_forget_ood = _check_count("num_forget_ood", num_forget_ood, minimum=1)
+    num_forget_ood = validation.check_count("num_forget_ood", num_forget_ood, minimum=1)
     if num_forget_ood > ood.size:
       raise ValueError(
           f"num_forget_ood={num_forget_ood} exceeds the {ood.size} OOD samples in the pool")
@@ -343,7 +337,7 @@ def make_splits(
   else:  # "class"
     if forget_class is None:
       raise ValueError("scenario 'class' needs forget_class")
-    forget_class = _check_count("forget_class", forget_class)
+    forget_class = validation.check_count("forget_class", forget_class)
     forget = members[labels[members] == forget_class]
     if forget.size == 0:
       present = np.unique(labels[members]).tolist()
@@ -353,7 +347,7 @@ def make_splits(
   if num_test is None:
     test = np.arange(test_size)
   else:
-    num_test = _check_count("num_test", num_test, minimum=1)
+    num_test = validation.check_count("num_test", num_test, minimum=1)
     if num_test > test_size:
       raise ValueError(f"num_test={num_test} exceeds test_size={test_size}")
     test = np.random.default_rng([seed, _STREAM_TEST]).permutation(test_size)[:num_test]

@@ -14,12 +14,19 @@ import numpy as np
 _MAX_SHOWN = 10
 
 
-def _show(values: np.ndarray) -> str:
+def show_values(values: np.ndarray) -> str:
   """Formats at most `_MAX_SHOWN` values for an error message."""
   values = np.asarray(values).ravel()
   head = ", ".join(str(v) for v in values[:_MAX_SHOWN].tolist())
   more = f", ... ({values.size} in total)" if values.size > _MAX_SHOWN else ""
   return f"[{head}{more}]"
+
+
+def check_count(name: str, value: Any, *, minimum: int = 0) -> int:
+  """Returns `value` as an int, or raises ValueError unless it is an int >= `minimum`."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+  return int(value)
 
 
 def check_indices(
@@ -58,19 +65,19 @@ def check_indices(
     raise ValueError(f"{name} is empty; it needs at least one index")
   # Booleans are integers to numpy; a boolean mask passed as indices is a bug.
   if not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
-    raise ValueError(f"{name} must hold integer indices, got dtype {arr.dtype}: {_show(arr)}")
+    raise ValueError(f"{name} must hold integer indices, got dtype {arr.dtype}: {show_values(arr)}")
   arr = arr.astype(np.int64)
   if size is None:
     bad = arr[arr < 0]
     if bad.size:
-      raise ValueError(f"{name} holds negative indices: {_show(bad)}")
+      raise ValueError(f"{name} holds negative indices: {show_values(bad)}")
   else:
     bad = arr[(arr < 0) | (arr >= size)]
     if bad.size:
-      raise ValueError(f"{name} holds indices outside [0, {size}): {_show(bad)}")
+      raise ValueError(f"{name} holds indices outside [0, {size}): {show_values(bad)}")
   uniq, counts = np.unique(arr, return_counts=True)
   if uniq.size != arr.size:
-    raise ValueError(f"{name} holds duplicate indices: {_show(uniq[counts > 1])}")
+    raise ValueError(f"{name} holds duplicate indices: {show_values(uniq[counts > 1])}")
   return arr
 
 
@@ -106,7 +113,7 @@ def check_forget_set(
   if outside.size:
     raise ValueError(
         f"{forget_name} must be a subset of {members_name} (the training set); "
-        f"these indices are not members: {_show(outside)}")
+        f"these indices are not members: {show_values(outside)}")
   return forget_arr
 
 
@@ -139,7 +146,7 @@ def check_labels(images: Any, labels: Any, num_classes: int) -> None:
     raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
   bad = labels[(labels < 0) | (labels >= num_classes)]
   if bad.size:
-    raise ValueError(f"labels outside [0, num_classes={num_classes}): {_show(np.unique(bad))}")
+    raise ValueError(f"labels outside [0, num_classes={num_classes}): {show_values(np.unique(bad))}")
 
 
 def check_disjoint(**index_sets: Any) -> None:
@@ -157,4 +164,4 @@ def check_disjoint(**index_sets: Any) -> None:
     for b in names[i + 1:]:
       common = np.intersect1d(arrays[a], arrays[b])
       if common.size:
-        raise ValueError(f"{a} and {b} overlap at indices {_show(common)}")
+        raise ValueError(f"{a} and {b} overlap at indices {show_values(common)}")

@@ -36,6 +36,7 @@ from forsaken_jax import losses
 from forsaken_jax.federated import clients as clients_lib
 from forsaken_jax.federated import secure_agg
 from forsaken_jax.models import ApplyFn, Params
+from forsaken_jax.unlearn import forsaken
 
 CLIENT_AXIS = "clients"
 
@@ -111,16 +112,6 @@ def apply_update(global_params: Params, mean_update: Params, server_lr: float = 
   """`theta + server_lr * mean_update`."""
   return jax.tree.map(lambda p, u: p + (server_lr * u).astype(p.dtype), global_params,
                       mean_update)
-
-
-def _check_like(tree: Params, like: Params, name: str) -> None:
-  if jax.tree.structure(tree) != jax.tree.structure(like):
-    raise ValueError(f"{name} must have the structure of the global parameters; got "
-                     f"{jax.tree.structure(tree)}, expected {jax.tree.structure(like)}")
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(like)):
-    if jnp.shape(a) != jnp.shape(b):
-      raise ValueError(f"{name} leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, "
-                       f"expected {jnp.shape(b)}")
 
 
 def _check_data(data: clients_lib.ClientData) -> int:
@@ -242,7 +233,8 @@ def make_fedavg(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, local_ep
       if override.client_id == clients_lib.PADDING_CLIENT or matches.size != 1:
         raise ValueError(f"override client {override.client_id!r} is not among this round's "
                          f"clients {ids[ids != clients_lib.PADDING_CLIENT].tolist()}")
-      _check_like(override.update, global_params, "override.update")
+      forsaken.check_params_like(override.update, global_params, "override.update",
+                                 "the global parameters")
       if not np.all(np.isfinite(np.asarray(override.weight))) or not override.weight > 0:
         raise ValueError(f"override.weight must be positive, got {override.weight!r}")
       slot, update, weight = int(matches[0]), override.update, override.weight

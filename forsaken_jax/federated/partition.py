@@ -28,19 +28,6 @@ __all__ = ["Partition", "SCHEMES", "check_client_id", "dirichlet_partition", "ii
            "label_skew", "private_data_partition", "validate_partition"]
 
 
-def _show(values: np.ndarray, limit: int = 10) -> str:
-  """At most `limit` values, for an error message."""
-  values = np.asarray(values).ravel()
-  more = f", ... ({values.size} in total)" if values.size > limit else ""
-  return "[" + ", ".join(str(v) for v in values[:limit].tolist()) + more + "]"
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-  return int(value)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Partition:
   """The examples of each client, as index arrays into one collection.
@@ -146,7 +133,7 @@ def validate_partition(partition: Partition, *, indices: Any = None, size: int |
   if uniq.size != everything.size:
     shared = uniq[counts > 1]
     holders = [k for k, arr in enumerate(partition.clients) if np.isin(shared[0], arr)]
-    raise ValueError(f"clients overlap: {_show(shared)} are held by more than one "
+    raise ValueError(f"clients overlap: {validation.show_values(shared)} are held by more than one "
                      f"client (index {shared[0]} by clients {holders})")
   if indices is not None:
     expected = validation.check_indices("indices", indices, size)
@@ -154,9 +141,9 @@ def validate_partition(partition: Partition, *, indices: Any = None, size: int |
     extra = np.setdiff1d(uniq, expected)
     if missing.size:
       raise ValueError(f"the partition does not cover the data: no client holds "
-                       f"{_show(missing)}")
+                       f"{validation.show_values(missing)}")
     if extra.size:
-      raise ValueError(f"the partition holds indices outside the data: {_show(extra)}")
+      raise ValueError(f"the partition holds indices outside the data: {validation.show_values(extra)}")
   if private is not None or owner is not None:
     if private is None or owner is None:
       raise ValueError("give both private and owner, or neither")
@@ -165,7 +152,7 @@ def validate_partition(partition: Partition, *, indices: Any = None, size: int |
     outside = np.setdiff1d(private, partition.clients[owner])
     if outside.size:
       raise ValueError(f"client {owner} must hold every private index; it lacks "
-                       f"{_show(outside)}")
+                       f"{validation.show_values(outside)}")
 
 
 def _subset(labels: Any, indices: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -197,8 +184,8 @@ def iid_partition(labels: Any, num_clients: int, *, seed: int,
   Returns:
     A `Partition` whose client sizes differ by at most one.
   """
-  num_clients = _check_int("num_clients", num_clients, minimum=1)
-  seed = _check_int("seed", seed, minimum=0)
+  num_clients = validation.check_count("num_clients", num_clients, minimum=1)
+  seed = validation.check_count("seed", seed, minimum=0)
   indices, _ = _subset(labels, indices)
   _check_enough(indices.size, num_clients)
   order = np.random.default_rng([seed, 0]).permutation(indices)
@@ -231,9 +218,9 @@ def dirichlet_partition(labels: Any, num_clients: int, *, alpha: float, seed: in
     Hsu et al., "Measuring the Effects of Non-Identical Data Distribution for
     Federated Visual Classification", 2019, https://arxiv.org/abs/1909.06335
   """
-  num_clients = _check_int("num_clients", num_clients, minimum=1)
-  seed = _check_int("seed", seed, minimum=0)
-  min_size = _check_int("min_size", min_size, minimum=1)
+  num_clients = validation.check_count("num_clients", num_clients, minimum=1)
+  seed = validation.check_count("seed", seed, minimum=0)
+  min_size = validation.check_count("min_size", min_size, minimum=1)
   if not alpha > 0:
     raise ValueError(f"alpha must be positive, got {alpha!r}")
   indices, labels = _subset(labels, indices)
@@ -279,7 +266,7 @@ def private_data_partition(labels: Any, num_clients: int, *, private: Any, owner
   Returns:
     A `Partition`.
   """
-  num_clients = _check_int("num_clients", num_clients, minimum=1)
+  num_clients = validation.check_count("num_clients", num_clients, minimum=1)
   if isinstance(owner, bool) or not isinstance(owner, (int, np.integer)) or not (
       0 <= owner < num_clients):
     raise ValueError(f"unknown client id {owner!r} for owner: the federation has clients "
@@ -294,7 +281,7 @@ def private_data_partition(labels: Any, num_clients: int, *, private: Any, owner
   outside = np.setdiff1d(private, all_indices)
   if outside.size:
     raise ValueError(f"private holds indices that are not among the data to partition: "
-                     f"{_show(outside)}")
+                     f"{validation.show_values(outside)}")
   rest = np.setdiff1d(all_indices, private)
   if scheme == "iid":
     if alpha is not None:

@@ -43,6 +43,9 @@ def _check_logits_labels(logits, labels, *,
     if need_labels:
       raise ValueError("labels must be given for this statistic; got None")
     return logits, None
+  # Range-check the values before jnp.asarray: inside a trace, a host array
+  # the caller closed over stays checkable, its jnp copy would not be.
+  host_labels = np.asarray(labels) if _is_concrete(labels) else None
   labels = jnp.asarray(labels)
   if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
     raise ValueError(
@@ -50,8 +53,8 @@ def _check_logits_labels(logits, labels, *,
         f"got shape {labels.shape}")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integers; got dtype {labels.dtype}")
-  if _is_concrete(labels) and labels.size:
-    lo, hi = int(np.min(labels)), int(np.max(labels))
+  if host_labels is not None and host_labels.size:
+    lo, hi = int(np.min(host_labels)), int(np.max(host_labels))
     if lo < 0 or hi >= num_classes:
       raise ValueError(f"labels must lie in [0, {num_classes}); got values in [{lo}, {hi}]")
   return logits, labels

@@ -98,7 +98,8 @@ def _check_same_example_shape(a: Batch, b: Batch, a_name: str, b_name: str) -> N
                      f"{b_shape}")
 
 
-def _check_params_like(params: Params, like: Params, name: str, like_name: str) -> None:
+def check_params_like(params: Params, like: Params, name: str, like_name: str) -> None:
+  """Raises ValueError unless `params` has the structure and leaf shapes of `like`."""
   if jax.tree.structure(params) != jax.tree.structure(like):
     raise ValueError(f"{name} must have the structure of {like_name}; got "
                      f"{jax.tree.structure(params)}, expected {jax.tree.structure(like)}")
@@ -135,7 +136,7 @@ def apply_dummy_gradient(params: Params, dummy_grad: Params, *, lr: float | jax.
   Returns:
     The updated parameters.
   """
-  _check_params_like(dummy_grad, params, "dummy_grad", "params")
+  check_params_like(dummy_grad, params, "dummy_grad", "params")
   masking.check_mask(params, mask)
 
   def one(p, g, m=None):
@@ -355,7 +356,7 @@ def make_generator_update(apply_fn: ApplyFn, generator: generators_lib.Generator
     else:
       full_mask, count = runtime_mask.mask, runtime_mask.count
       dummy = generator.apply(gen_params, feats, runtime_mask)
-    _check_params_like(dummy, model_params, "generator output", "model_params")
+    check_params_like(dummy, model_params, "generator output", "model_params")
     dummy = masking.where_mask(full_mask, dummy)
     candidate = apply_dummy_gradient(model_params, dummy, lr=lr, mask=full_mask)
     forget_logits = apply_fn(candidate, forget_batch["image"])
