@@ -29,7 +29,7 @@ import optax
 
 from experiments import cli, common, report
 from forsaken_jax import data as fj_data
-from forsaken_jax import mia
+from forsaken_jax import mia, parallel, train
 
 OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
 
@@ -117,8 +117,17 @@ def run_relearn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
       continue
     models[name], _ = common.load_phase_params(config, workdir, phase, data)
   result = relearn_audit(config, data, model.apply_fn, models)
+  # What each model keeps, beside what it lets come back.
+  predict = train.make_predict_fn(model.apply_fn, parallel.make_mesh())
+  result["test_accuracy"] = {
+      name: float(np.mean(np.argmax(predict(parallel.replicate(p, parallel.make_mesh()),
+                                            data.test.images), -1) == data.test.labels))
+      for name, p in models.items()}
   table = report.relearn_table(result)
   common.log(table)
+  common.log("test accuracy: " + ", ".join(
+      f"{report.MODEL_LABELS[name]} {report.pct(acc)}"
+      for name, acc in result["test_accuracy"].items()))
   if common.is_main_process():
     out_dir = os.path.join(workdir, "relearn")
     os.makedirs(out_dir, exist_ok=True)
