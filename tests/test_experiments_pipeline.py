@@ -31,6 +31,7 @@ from experiments import unlearn as unlearn_phase
 from experiments.configs import digits
 from forsaken_jax import checkpoints
 from forsaken_jax.mia import audit
+from file_snapshots import snapshot
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("train", "shadow", "unlearn", "retrain", "evaluate")
@@ -54,17 +55,6 @@ def _config(data_dir):
   config.unlearn.stop_at_target = False
   config.unlearn.checkpoint_every = 2
   return config
-
-
-def _snapshot(root):
-  """`{relative path: (size, mtime_ns)}` of every file under `root`."""
-  out = {}
-  for directory, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(directory, name)
-      stat = os.stat(path)
-      out[os.path.relpath(path, root)] = (stat.st_size, stat.st_mtime_ns)
-  return out
 
 
 def _changed(before, after):
@@ -104,9 +94,9 @@ def run(tmp_path_factory, data_dir):
     for phase, (module, name) in PHASE_FUNCTIONS.items():
 
       def recorded(config, workdir, _phase=phase, _fn=getattr(module, name)):
-        before = _snapshot(workdir)
+        before = snapshot(workdir)
         result = _fn(config, workdir)
-        writes[_phase] = _changed(before, _snapshot(workdir))
+        writes[_phase] = _changed(before, snapshot(workdir))
         return result
 
       mp.setattr(module, name, recorded)
@@ -286,9 +276,9 @@ def test_metrics_match_an_independent_recomputation(run):
 
 def test_rerun_on_a_finished_workdir_is_idempotent(run):
   workdir = run["workdir"]
-  checkpoints_before = {phase: _snapshot(common.checkpoint_dir(workdir, phase))
+  checkpoints_before = {phase: snapshot(common.checkpoint_dir(workdir, phase))
                         for phase in ("train", "shadow", "unlearn", "retrain")}
-  logs_before = {phase: _snapshot(os.path.join(workdir, phase))["metrics.jsonl"]
+  logs_before = {phase: snapshot(os.path.join(workdir, phase))["metrics.jsonl"]
                  for phase in ("train", "shadow", "retrain")}
   metrics_before = _load_json(workdir, "evaluate", "metrics.json")
 
@@ -298,9 +288,9 @@ def test_rerun_on_a_finished_workdir_is_idempotent(run):
 
   # No phase trained again: no checkpoint saved, no metrics logged.
   for phase, before in checkpoints_before.items():
-    assert _snapshot(common.checkpoint_dir(workdir, phase)) == before, phase
+    assert snapshot(common.checkpoint_dir(workdir, phase)) == before, phase
   for phase, before in logs_before.items():
-    assert _snapshot(os.path.join(workdir, phase))["metrics.jsonl"] == before, phase
+    assert snapshot(os.path.join(workdir, phase))["metrics.jsonl"] == before, phase
   assert seconds < run["seconds"]
 
   metrics_after = _load_json(workdir, "evaluate", "metrics.json")
@@ -315,7 +305,7 @@ def test_rerun_on_a_finished_workdir_is_idempotent(run):
 def test_shadow_phase_resumes_to_identical_parameters(run, tmp_path):
   config, data = run["config"], run["data"]
   workdir = _copy_phases(run["workdir"], str(tmp_path), ["train"])
-  train_before = _snapshot(os.path.join(workdir, "train"))
+  train_before = snapshot(os.path.join(workdir, "train"))
   with pytest.raises(common.TrainingInterrupted):
     shadow_phase.train_shadows(config, workdir, stop_after=15)
   manager = checkpoints.open_manager(common.checkpoint_dir(workdir, "shadow"), read_only=True)
@@ -329,13 +319,13 @@ def test_shadow_phase_resumes_to_identical_parameters(run, tmp_path):
   _assert_same_params(resumed, straight)
   for key, value in straight_design.items():
     np.testing.assert_array_equal(design[key], value)
-  assert _snapshot(os.path.join(workdir, "train")) == train_before
+  assert snapshot(os.path.join(workdir, "train")) == train_before
 
 
 def test_unlearn_phase_resumes_to_identical_parameters(run, tmp_path):
   config, data = run["config"], run["data"]
   workdir = _copy_phases(run["workdir"], str(tmp_path), ["train", "shadow", "retrain"])
-  upstream_before = {phase: _snapshot(os.path.join(workdir, phase))
+  upstream_before = {phase: snapshot(os.path.join(workdir, phase))
                      for phase in ("train", "shadow", "retrain")}
   with pytest.raises(common.TrainingInterrupted):
     unlearn_phase.unlearn(config, workdir, stop_after=3)
@@ -360,7 +350,7 @@ def test_unlearn_phase_resumes_to_identical_parameters(run, tmp_path):
                                                    jax.tree.leaves(jax.device_get(original)))]
     assert any(moved)
   for phase, before in upstream_before.items():
-    assert _snapshot(os.path.join(workdir, phase)) == before, phase
+    assert snapshot(os.path.join(workdir, phase)) == before, phase
 
 
 def test_unlearn_with_relearning_term_and_repair_resumes_to_the_same_model(run, tmp_path):
@@ -402,13 +392,13 @@ def test_unlearn_with_relearning_term_and_repair_resumes_to_the_same_model(run, 
 def test_incompatible_config_is_refused_and_the_checkpoint_kept(run, tmp_path, phase, section,
                                                                   key, value):
   workdir = _copy_phases(run["workdir"], str(tmp_path), ["train", phase])
-  before = _snapshot(os.path.join(workdir, phase))
+  before = snapshot(os.path.join(workdir, phase))
   config = _config(run["config"].dataset.data_dir)
   config[section][key] = value
   module, name = PHASE_FUNCTIONS[phase]
   with pytest.raises(checkpoints.CheckpointError, match="(?s)signature.*refusing to overwrite"):
     getattr(module, name)(config, workdir)
-  assert _snapshot(os.path.join(workdir, phase)) == before
+  assert snapshot(os.path.join(workdir, phase)) == before
 
 
 @pytest.mark.parametrize("phase", ["shadow", "unlearn", "retrain", "evaluate"])
@@ -512,9 +502,9 @@ def test_sweep_audits_every_variant_and_writes_only_its_table(run):
   config = run["config"].copy_and_resolve_references()
   # A scenario's own variant (config.sweep.variants) is run after the standard ones.
   config.sweep.variants = {"two steps only": {"max_steps": 2, "stop_at_target": False}}
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   rows = sweep_unlearn.sweep(config, workdir)
-  changed = _changed(before, _snapshot(workdir))
+  changed = _changed(before, snapshot(workdir))
   assert changed == {os.path.join("sweep", "results.md")}
   expected = (2 + len(sweep_unlearn.VARIANTS) + 1 + len(sweep_unlearn.GRADIENT_ASCENT_RUNS) + 1)
   assert len(rows) == expected
@@ -537,7 +527,7 @@ def test_sweep_audits_every_variant_and_writes_only_its_table(run):
 
 @pytest.mark.slow
 def test_bench_unlearn_times_both_settings_without_touching_the_run(run):
-  before = _snapshot(run["workdir"])
+  before = snapshot(run["workdir"])
   result = subprocess.run(
       [sys.executable, "-m", "experiments.bench_unlearn", "--workdir", run["workdir"],
        "--config", "experiments/configs/digits.py:runlocal", "--repeats", "1",
@@ -547,7 +537,7 @@ def test_bench_unlearn_times_both_settings_without_touching_the_run(run):
        f"--config.unlearn.patience={UNLEARN_STEPS + 1}"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert _changed(before, _snapshot(run["workdir"])) == set()
+  assert _changed(before, snapshot(run["workdir"])) == set()
   rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
           if line.startswith("| True") or line.startswith("| False")]
   assert [(r[0].strip(), r[1].strip()) for r in rows] == [
@@ -589,9 +579,9 @@ def test_retrain_seeds_audits_more_retrainings_beside_the_run(run, tmp_path):
   config, metrics = run["config"], run["metrics"]
   workdir = _copy_phases(run["workdir"], str(tmp_path),
                          ["train", "shadow", "unlearn", "retrain", "evaluate"])
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   results = retrain_seeds.retrain_spread(config, workdir, num_seeds=2)
-  changed = _changed(before, _snapshot(workdir))
+  changed = _changed(before, snapshot(workdir))
   # Only its own directories: the two new retrainings and its report.
   assert {p.split(os.sep)[0] for p in changed} == {"retrain_seed1", "retrain_seed2",
                                                     "retrain_seeds"}
@@ -629,11 +619,11 @@ def test_retrain_seeds_audits_more_retrainings_beside_the_run(run, tmp_path):
   assert "retrained, training seed 2" in report_text and "Forsaken" in report_text
 
   # A rerun reuses the finished retrainings: no checkpoint is written again.
-  checkpoints_before = {s: _snapshot(common.checkpoint_dir(workdir, f"retrain_seed{s}"))
+  checkpoints_before = {s: snapshot(common.checkpoint_dir(workdir, f"retrain_seed{s}"))
                         for s in (1, 2)}
   again = retrain_seeds.retrain_spread(config, workdir, num_seeds=2)
   for stream, snap in checkpoints_before.items():
-    assert _snapshot(common.checkpoint_dir(workdir, f"retrain_seed{stream}")) == snap
+    assert snapshot(common.checkpoint_dir(workdir, f"retrain_seed{stream}")) == snap
   assert again["retrained_stats"] == results["retrained_stats"]
   with pytest.raises(ValueError, match="num_seeds must be at least 1"):
     retrain_seeds.retrain_spread(config, workdir, num_seeds=0)

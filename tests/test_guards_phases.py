@@ -26,6 +26,7 @@ from experiments import unlearn as unlearn_phase
 from experiments.configs import digits
 from forsaken_jax import checkpoints, mia
 from forsaken_jax import unlearn as fj_unlearn
+from file_snapshots import snapshot
 
 PHASE_FUNCTIONS = {"shadow": shadow_phase.train_shadows, "unlearn": unlearn_phase.unlearn,
                    "retrain": retrain_phase.retrain, "evaluate": evaluate_phase.evaluate}
@@ -37,17 +38,6 @@ def _config(data_dir):
   config.dataset.data_dir = data_dir
   config.train.progress = False
   return config
-
-
-def _snapshot(root):
-  """`{relative path: (size, mtime_ns)}` of every file under `root`."""
-  out = {}
-  for directory, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(directory, name)
-      stat = os.stat(path)
-      out[os.path.relpath(path, root)] = (stat.st_size, stat.st_mtime_ns)
-  return out
 
 
 def _copy_train(run, workdir):
@@ -187,24 +177,24 @@ def test_a_phase_refuses_a_directory_holding_another_phases_checkpoint(run, tmp_
   # only its phase name tells them apart.
   workdir = _copy_train(run, tmp_path)
   shutil.copytree(common.checkpoint_dir(workdir, "train"), common.checkpoint_dir(workdir, phase))
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   with pytest.raises(checkpoints.CheckpointError,
                      match=f"(?s)phase: checkpoint has 'train', expected '{phase}'.*"
                            "refusing to overwrite"):
     PHASE_FUNCTIONS[phase](run["config"], workdir)
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 @pytest.mark.parametrize("phase", ["shadow", "unlearn", "retrain", "evaluate"])
 def test_later_phases_refuse_data_other_than_the_train_phases(run, tmp_path, phase):
   workdir = _copy_train(run, tmp_path)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   config = _config(run["config"].dataset.data_dir)
   config.scenario.num_nonmembers -= 20  # other splits: other data, the same images
   with pytest.raises(checkpoints.CheckpointError,
                      match="differs from the data the train phase"):
     PHASE_FUNCTIONS[phase](config, workdir)
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
   assert os.listdir(workdir) == ["train"]  # not even an empty directory of its own
 
 
