@@ -76,14 +76,7 @@ class Splits:
 
   def __post_init__(self):
     for field in _SPLIT_FIELDS:
-      arr = np.asarray(getattr(self, field))
-      if arr.ndim != 1:
-        raise ValueError(f"{field} must be a 1-D index array, got shape {arr.shape}")
-      if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        raise ValueError(f"{field} must hold integer indices, got dtype {arr.dtype}")
-      arr = np.sort(arr.astype(np.int64))
-      arr.setflags(write=False)
-      object.__setattr__(self, field, arr)
+      object.__setattr__(self, field, validation.frozen_indices(field, getattr(self, field)))
 
   @property
   def retain(self) -> np.ndarray:

@@ -22,6 +22,22 @@ def show_values(values: np.ndarray) -> str:
   return f"[{head}{more}]"
 
 
+def frozen_indices(name: str, values: Any) -> np.ndarray:
+  """`values` as a sorted, read-only int64 index vector.
+
+  Raises:
+    ValueError (naming `name`): not 1-D, or not integer.
+  """
+  arr = np.asarray(values)
+  if arr.ndim != 1:
+    raise ValueError(f"{name} must be a 1-D index array, got shape {arr.shape}")
+  if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+    raise ValueError(f"{name} must hold integer indices, got dtype {arr.dtype}")
+  arr = np.sort(arr.astype(np.int64))
+  arr.setflags(write=False)
+  return arr
+
+
 def check_count(name: str, value: Any, *, minimum: int = 0) -> int:
   """Returns `value` as an int, or raises ValueError unless it is an int >= `minimum`."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:

@@ -42,17 +42,8 @@ class Partition:
   def __post_init__(self):
     if len(self.clients) == 0:
       raise ValueError("a partition needs at least one client, got none")
-    arrays = []
-    for k, arr in enumerate(self.clients):
-      arr = np.asarray(arr)
-      if arr.ndim != 1:
-        raise ValueError(f"client {k} must hold a 1-D index array, got shape {arr.shape}")
-      if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        raise ValueError(f"client {k} must hold integer indices, got dtype {arr.dtype}")
-      arr = np.sort(arr.astype(np.int64))
-      arr.setflags(write=False)
-      arrays.append(arr)
-    object.__setattr__(self, "clients", tuple(arrays))
+    object.__setattr__(self, "clients", tuple(
+        validation.frozen_indices(f"client {k}", arr) for k, arr in enumerate(self.clients)))
 
   @property
   def num_clients(self) -> int:
