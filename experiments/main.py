@@ -15,7 +15,7 @@ import time
 
 import ml_collections
 
-from experiments import cli, common
+from experiments import cli, common, relearn
 from experiments import evaluate as evaluate_phase
 from experiments import retrain as retrain_phase
 from experiments import shadow as shadow_phase
@@ -24,6 +24,9 @@ from experiments import unlearn as unlearn_phase
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every phase in order and returns the evaluate phase's metrics."""
+  # Choices that later phases read fail here, not after the first phases ran.
+  unlearn_phase.check_config(config)
+  relearn.check_config(config)
   start = time.perf_counter()
   phases = (("train", train_phase.train_and_evaluate), ("shadow", shadow_phase.train_shadows),
             ("unlearn", unlearn_phase.unlearn), ("retrain", retrain_phase.retrain),

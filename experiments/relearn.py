@@ -20,7 +20,7 @@ figures in `metrics.json`, its table and a plot (`report.relearn_table`,
 """
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -34,15 +34,25 @@ from forsaken_jax import mia, parallel, train
 OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a bad `evaluate.relearn` section (before any phase runs)."""
+  rc = config.evaluate.relearn
+  if rc.steps < 1:
+    raise ValueError(f"evaluate.relearn.steps must be positive, got {rc.steps}")
+  for setting, spec in rc.settings.items():
+    if spec.optimizer not in OPTIMIZERS:
+      raise ValueError(f"evaluate.relearn.settings.{setting}.optimizer must be one of "
+                       f"{tuple(OPTIMIZERS)}, got {spec.optimizer!r}")
+
+
 def attack_sets(config: ml_collections.ConfigDict, data: fj_data.ExperimentData
-                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                ) -> dict[str, np.ndarray]:
   """The forget set and the control's look-alikes, as pool indices.
 
   Returns:
-    `({"forget": ..., "control": ...}, ...)`: the control holds as many
-    unseen look-alikes as the forget set has examples (all of them if there
-    are fewer), drawn from the config's seed; the second value is the
-    forget set's pool indices (the attack's target set).
+    `{"forget": ..., "control": ...}`: the control holds as many unseen
+    look-alikes as the forget set has examples (all of them if there are
+    fewer), drawn from the config's seed.
   """
   forget = np.asarray(data.splits.forget)
   nonmembers = np.asarray(data.splits.nonmembers)
@@ -52,11 +62,12 @@ def attack_sets(config: ml_collections.ConfigDict, data: fj_data.ExperimentData
                      "non-members: the relearning control needs some (raise scenario sizes)")
   rng = np.random.default_rng([config.seed, 11])
   control = rng.choice(lookalikes, size=min(len(forget), len(lookalikes)), replace=False)
-  return {"forget": forget, "control": np.sort(control)}, forget
+  return {"forget": forget, "control": np.sort(control)}
 
 
 def relearn_audit(config: ml_collections.ConfigDict, data: fj_data.ExperimentData,
-                  apply_fn: Any, models: Mapping[str, Any]) -> dict[str, Any]:
+                  apply_fn: Any, models: Mapping[str, Any],
+                  settings: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the relearning attack on every model with every configured optimizer.
 
   Args:
@@ -65,14 +76,16 @@ def relearn_audit(config: ml_collections.ConfigDict, data: fj_data.ExperimentDat
     apply_fn: the models' apply function.
     models: name -> parameters; must include "original" (its forget-set
       accuracy is the first target).
+    settings: names of `evaluate.relearn.settings` to run; None = all.
 
   Returns:
     A JSON-friendly dict: `settings` (optimizer, learning rate, steps),
     `num_forget`, `num_control`, and `curves[setting][model][set]` with
     `mia.relearn_summary` figures for set "forget" and "control".
   """
+  check_config(config)
   rc = config.evaluate.relearn
-  sets, _ = attack_sets(config, data)
+  sets = attack_sets(config, data)
   batches = {name: {"image": data.pool.images[idx], "label": data.pool.labels[idx]}
              for name, idx in sets.items()}
   names = list(models)
@@ -83,10 +96,8 @@ def relearn_audit(config: ml_collections.ConfigDict, data: fj_data.ExperimentDat
   out: dict[str, Any] = {"settings": {}, "num_forget": int(len(sets["forget"])),
                          "num_control": int(len(sets["control"])), "curves": {}}
   original_accuracy: dict[str, float] = {}
-  for setting, spec in rc.settings.items():
-    if spec.optimizer not in OPTIMIZERS:
-      raise ValueError(f"evaluate.relearn.settings.{setting}.optimizer must be one of "
-                       f"{tuple(OPTIMIZERS)}, got {spec.optimizer!r}")
+  for setting in rc.settings if settings is None else settings:
+    spec = rc.settings[setting]
     attack = mia.make_relearn_attack(apply_fn, OPTIMIZERS[spec.optimizer](spec.learning_rate),
                                      num_steps=rc.steps)
     out["settings"][setting] = {"optimizer": spec.optimizer,
@@ -118,10 +129,11 @@ def run_relearn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     models[name], _ = common.load_phase_params(config, workdir, phase, data)
   result = relearn_audit(config, data, model.apply_fn, models)
   # What each model keeps, beside what it lets come back.
-  predict = train.make_predict_fn(model.apply_fn, parallel.make_mesh())
+  mesh = parallel.make_mesh()
+  predict = train.make_predict_fn(model.apply_fn, mesh)
   result["test_accuracy"] = {
-      name: float(np.mean(np.argmax(predict(parallel.replicate(p, parallel.make_mesh()),
-                                            data.test.images), -1) == data.test.labels))
+      name: train.evaluate(predict, parallel.replicate(p, mesh), data.test.images,
+                           data.test.labels)["accuracy"]
       for name, p in models.items()}
   table = report.relearn_table(result)
   common.log(table)

@@ -130,11 +130,9 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
                   "baseline"))
 
   first = next(iter(config.evaluate.relearn.settings))
-  relearn_config = config.copy_and_resolve_references()
-  with relearn_config.unlocked():
-    relearn_config.evaluate.relearn.settings = {first: config.evaluate.relearn.settings[first]}
   models = {"original": original, **finite_models}
-  curves = relearn.relearn_audit(relearn_config, data, model.apply_fn, models)["curves"][first]
+  curves = relearn.relearn_audit(config, data, model.apply_fn, models,
+                                 settings=[first])["curves"][first]
   for r in rows:
     r["relearn"] = curves[r["model"]] if r["model"] in finite_models else None
   table = markdown_table(rows, relearn_budget=config.evaluate.relearn.steps,

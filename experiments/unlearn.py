@@ -67,6 +67,19 @@ RELEARN_OPTIMIZERS = {"sgd": optax.sgd,
                       "adam": lambda learning_rate: optax.adam(learning_rate, eps_root=1e-8)}
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a bad `unlearn` choice (before any phase runs)."""
+  uc = config.unlearn
+  if uc.relearn_optimizer not in RELEARN_OPTIMIZERS:
+    raise ValueError(f"unlearn.relearn_optimizer must be one of {tuple(RELEARN_OPTIMIZERS)}, "
+                     f"got {uc.relearn_optimizer!r}")
+  if uc.reference_split not in REFERENCE_SPLITS:
+    raise ValueError(f"unlearn.reference_split must be one of {REFERENCE_SPLITS}, "
+                     f"got {uc.reference_split!r}")
+  if uc.repair_steps < 0:
+    raise ValueError(f"unlearn.repair_steps must be non-negative, got {uc.repair_steps}")
+
+
 def reference_indices(data: fj_data.ExperimentData, scenario: ml_collections.ConfigDict,
                       split: str = "shadow") -> np.ndarray:
   """Pool indices of D_n, the non-members the forget set should come to resemble.
@@ -167,6 +180,7 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
   Returns:
     A `Prepared`.
   """
+  check_config(config)
   uc = config.unlearn
   model = common.create_model(spec)
   rng = np.random.default_rng([config.seed, 3])

@@ -222,3 +222,28 @@ def test_relearning_term_bad_input(toy):
                                   objective="relative_confidence_matching")
   with pytest.raises(ValueError, match="reference examples"):
     upd.update(upd.init(jax.random.key(0)), params, forget, retain, ref)
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("unlearn", "relearn_optimizer", "rmsprop", "unlearn.relearn_optimizer"),
+    ("unlearn", "repair_steps", -1, "unlearn.repair_steps"),
+])
+def test_main_job_rejects_bad_relearning_choices_before_any_phase(tmp_path, section, key, value,
+                                                                  message):
+  from experiments import main as main_job  # pylint: disable=g-import-not-at-top
+  from experiments.configs import digits  # pylint: disable=g-import-not-at-top
+  config = digits.get_config("runlocal")
+  config[section][key] = value
+  with pytest.raises(ValueError, match=message):
+    main_job.run_pipeline(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_main_job_rejects_an_unknown_relearning_attack_before_any_phase(tmp_path):
+  from experiments import main as main_job  # pylint: disable=g-import-not-at-top
+  from experiments.configs import digits  # pylint: disable=g-import-not-at-top
+  config = digits.get_config("runlocal")
+  config.evaluate.relearn.settings.sgd_1e_1 = {"optimizer": "lbfgs", "learning_rate": 0.1}
+  with pytest.raises(ValueError, match=r"evaluate.relearn.settings.sgd_1e_1.optimizer"):
+    main_job.run_pipeline(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -57,6 +57,7 @@ from forsaken_jax.mia.stats import (
 from forsaken_jax.mia.relearn import (
     RelearnAttack,
     RelearnCurve,
+    make_finetune_scan,
     make_relearn_attack,
     relearn_summary,
     steps_to_accuracy,
@@ -99,6 +100,7 @@ __all__ = [
     "lira_online",
     "logit_scaled_confidence",
     "loss",
+    "make_finetune_scan",
     "make_relearn_attack",
     "make_stacked_predict_fn",
     "make_stacked_train_step",

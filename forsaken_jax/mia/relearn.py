@@ -31,8 +31,8 @@ Params = Any
 Batch = dict[str, jax.Array]
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
-__all__ = ["RelearnAttack", "RelearnCurve", "make_relearn_attack", "relearn_summary",
-           "steps_to_accuracy"]
+__all__ = ["RelearnAttack", "RelearnCurve", "make_finetune_scan", "make_relearn_attack",
+           "relearn_summary", "steps_to_accuracy"]
 
 
 class RelearnCurve(NamedTuple):
@@ -64,6 +64,50 @@ class RelearnAttack(NamedTuple):
   num_steps: int
 
 
+def make_finetune_scan(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, num_steps: int,
+                       loss_fn: losses.LossFn = losses.cross_entropy
+                       ) -> Callable[[Params, Batch], tuple[Params, RelearnCurve]]:
+  """Full-batch fine-tuning for `num_steps` steps under `jax.lax.scan`.
+
+  The one loop behind the relearning attack and Forsaken's simulated attack
+  (`unlearn.make_simulated_relearn`), which differentiates through it.
+
+  Args:
+    apply_fn: `(params, images) -> logits`.
+    tx: the optimizer; its state starts fresh at every call.
+    num_steps: the step budget (positive).
+    loss_fn: per-example loss descended.
+
+  Returns:
+    `finetune(params, batch) -> (final_params, curve)`, `curve` holding the
+    accuracy and mean loss on `batch` before each step (`[num_steps]`).
+  """
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be positive, got {num_steps}")
+
+  def finetune(params, batch):
+    def step(carry, _):
+      p, opt_state = carry
+      (loss, accuracy), grads = jax.value_and_grad(
+          lambda q: _loss_and_accuracy(apply_fn, loss_fn, q, batch), has_aux=True)(p)
+      updates, opt_state = tx.update(grads, opt_state, p)
+      return (optax.apply_updates(p, updates), opt_state), RelearnCurve(accuracy, loss)
+
+    (final, _), curve = jax.lax.scan(step, (params, tx.init(params)), None, length=num_steps)
+    return final, curve
+
+  return finetune
+
+
+def _loss_and_accuracy(apply_fn: ApplyFn, loss_fn: losses.LossFn, params: Params,
+                       batch: Batch) -> tuple[jax.Array, jax.Array]:
+  """Mean loss (in at least float32) and accuracy of `params` on `batch`."""
+  logits = apply_fn(params, batch["image"])
+  accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  return jnp.mean(loss_fn(logits, batch["label"])), accuracy
+
+
 def make_relearn_attack(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, num_steps: int,
                         loss_fn: losses.LossFn = losses.cross_entropy) -> RelearnAttack:
   """Builds the relearning attack: full-batch fine-tuning for a step budget.
@@ -82,13 +126,7 @@ def make_relearn_attack(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, 
   Returns:
     A `RelearnAttack`.
   """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be positive, got {num_steps}")
-
-  def measure(params, batch):
-    logits = apply_fn(params, batch["image"])
-    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
-    return accuracy, jnp.mean(loss_fn(logits, batch["label"]))
+  finetune = make_finetune_scan(apply_fn, tx, num_steps=num_steps, loss_fn=loss_fn)
 
   def run(params, batch):
     if jnp.ndim(batch["label"]) != 1 or jnp.shape(batch["label"])[0] == 0:
@@ -97,18 +135,9 @@ def make_relearn_attack(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, 
     if jnp.shape(batch["image"])[0] != jnp.shape(batch["label"])[0]:
       raise ValueError(f"batch has {jnp.shape(batch['image'])[0]} images but "
                        f"{jnp.shape(batch['label'])[0]} labels")
-
-    def step(carry, _):
-      p, opt_state = carry
-      (loss, accuracy), grads = jax.value_and_grad(
-          lambda q: measure(q, batch)[::-1], has_aux=True)(p)
-      updates, opt_state = tx.update(grads, opt_state, p)
-      return (optax.apply_updates(p, updates), opt_state), (accuracy, loss)
-
-    (last, _), (accuracy, loss) = jax.lax.scan(step, (params, tx.init(params)), None,
-                                               length=num_steps)
-    final_accuracy, final_loss = measure(last, batch)
-    return RelearnCurve(jnp.append(accuracy, final_accuracy), jnp.append(loss, final_loss))
+    last, curve = finetune(params, batch)
+    loss, accuracy = _loss_and_accuracy(apply_fn, loss_fn, last, batch)  # after the last step
+    return RelearnCurve(jnp.append(curve.accuracy, accuracy), jnp.append(curve.loss, loss))
 
   return RelearnAttack(jax.jit(run), jax.jit(jax.vmap(run)), num_steps)
 

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import optax
 
 from forsaken_jax import losses
+from forsaken_jax.mia import relearn as relearn_lib
 from forsaken_jax.unlearn import generators as generators_lib
 from forsaken_jax.unlearn import masking
 from forsaken_jax.unlearn import reference as reference_lib
@@ -164,26 +165,18 @@ def make_simulated_relearn(apply_fn: ApplyFn, tx: optax.GradientTransformation, 
 
   Returns:
     `relearned_loss(params, batch) -> scalar`: the mean loss on `batch` after
-    `num_steps` optimizer steps on `batch` from `params`. The steps run under
-    `jax.lax.scan`, so one compiled body serves any number of steps, and
-    reverse-mode differentiation goes through all of them.
+    `num_steps` optimizer steps on `batch` from `params`: the audit's attack
+    (`mia.make_finetune_scan`, under `jax.lax.scan`, so one compiled body
+    serves any number of steps), differentiated through all of them.
   """
   if num_steps < 1:
     raise ValueError(f"relearn_steps must be positive, got {num_steps}")
-
-  def mean_loss(p, batch):
-    return jnp.mean(loss_fn(reference_lib.at_least_float32(apply_fn(p, batch["image"])),
-                            batch["label"]))
+  finetune = relearn_lib.make_finetune_scan(apply_fn, tx, num_steps=num_steps, loss_fn=loss_fn)
 
   def relearned_loss(params, batch):
-    def step(carry, _):
-      p, opt_state = carry
-      grads = jax.grad(mean_loss)(p, batch)
-      updates, opt_state = tx.update(grads, opt_state, p)
-      return (optax.apply_updates(p, updates), opt_state), None
-
-    (final, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=num_steps)
-    return mean_loss(final, batch)
+    final, _ = finetune(params, batch)
+    return jnp.mean(loss_fn(reference_lib.at_least_float32(apply_fn(final, batch["image"])),
+                            batch["label"]))
 
   return relearned_loss
 
