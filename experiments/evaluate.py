@@ -98,6 +98,11 @@ def build_audit(config: ml_collections.ConfigDict, workdir: str, data: fj_data.E
                                     images[shokri_data]),
       shokri_keep=design["keep"][num_lira:, pop_size:], shokri_labels=labels[shokri_data],
       shokri_mode=ec.shokri_features)
+  # Masks that do not line up with the examples still give well-formed LiRA
+  # scores, just meaningless ones: refuse them before any model is judged.
+  alignment = audit.check_keep_alignment(evidence.lira_stats, evidence.lira_keep)
+  common.log(f"[evaluate] LiRA keep masks fit the shadow models: paired AUC "
+             f"{alignment.auc:.3f} (0.5 +- {alignment.std:.3f} if they did not)")
   is_forget = np.isin(population, splits.forget)
   masks = {"forget": is_forget, "retain": np.isin(population, splits.members) & ~is_forget,
            "nonmember": np.isin(population, splits.nonmembers),

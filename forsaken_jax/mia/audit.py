@@ -19,12 +19,18 @@ Oracles (each a score, higher = member, and a decision threshold):
 Thresholds are fixed on the original model and the shadow models, never on
 the model being judged, so the forgetting rate of the unlearned model and of
 the retrained model come from the same oracle.
+
+Before any of this, `check_keep_alignment` asks the LiRA shadow models whether
+their keep masks are theirs: keep masks that do not line up with the examples
+(shifted columns, another run's masks) leave every LiRA score well-formed but
+meaningless.
 """
 
 from typing import Any, Mapping, NamedTuple
 
 import jax
 import numpy as np
+import scipy.stats
 
 from forsaken_jax.mia import forgetting, lira, metrics, shokri, stats, threshold
 
@@ -51,6 +57,25 @@ class ShadowEvidence(NamedTuple):
   shokri_nonmember_features: np.ndarray
   shokri_member_labels: np.ndarray
   shokri_nonmember_labels: np.ndarray
+
+
+class KeepAlignment(NamedTuple):
+  """How well LiRA keep masks fit the shadow models' own statistics.
+
+  Attributes:
+    auc: Wilcoxon's signed-rank statistic over examples of the gap "mean
+      statistic of the in-models minus that of the out-models", scaled to
+      `[0, 1]` (`W+ / (n (n + 1) / 2)`): the paired analogue of an AUC, 0.5
+      when the masks say nothing about the statistics, 1 when every example's
+      in-models beat its out-models.
+    std: its standard deviation when the masks say nothing,
+      `sqrt((2n + 1) / (6 n (n + 1)))`.
+    num_examples: n, the examples with in and out models and a non-zero gap.
+  """
+
+  auc: float
+  std: float
+  num_examples: int
 
 
 class FittedOracles(NamedTuple):
@@ -97,6 +122,73 @@ def shadow_evidence(*, lira_logits: np.ndarray, lira_keep: np.ndarray, populatio
   member = shokri_keep.reshape(-1)
   return ShadowEvidence(lira_stats, lira_keep, features[member], features[~member],
                         flat_labels[member], flat_labels[~member])
+
+
+def keep_alignment(lira_stats: np.ndarray, lira_keep: np.ndarray) -> KeepAlignment:
+  """Whether the shadow models score their in-examples above their out-examples.
+
+  Each example is compared with itself: a model's statistic varies far more
+  between examples than between its in and out halves, so a per-model AUC of
+  in against out barely leaves 0.5 on models that generalise, while the gap
+  of one example's in-models over its out-models removes the example's
+  difficulty. When the masks are unrelated to the statistics (e.g. another
+  example's column) the gap is symmetric about zero, since a balanced column
+  and its complement are equally likely, and the statistic is 0.5 +- `std`.
+
+  Args:
+    lira_stats: `[K, P]` shadow statistics (higher = member), e.g.
+      `ShadowEvidence.lira_stats`.
+    lira_keep: bool `[K, P]`, the keep masks claimed for them.
+
+  Returns:
+    A `KeepAlignment`.
+  """
+  stats, keep = np.asarray(lira_stats, np.float64), np.asarray(lira_keep, bool)
+  if stats.ndim != 2 or stats.shape != keep.shape:
+    raise ValueError(f"lira_stats {stats.shape} and lira_keep {keep.shape} must both be [K, P]")
+  num_in, num_out = keep.sum(0), (~keep).sum(0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    gap = (np.where(keep, stats, 0.0).sum(0) / num_in
+           - np.where(keep, 0.0, stats).sum(0) / num_out)
+  # A zero gap has no sign: Wilcoxon drops it (and examples lacking a side).
+  gap = gap[(num_in > 0) & (num_out > 0) & np.isfinite(gap) & (gap != 0)]
+  n = gap.size
+  if n == 0:
+    raise ValueError("no example has in and out shadow models whose statistics differ: the "
+                     "keep masks cannot be checked")
+  ranks = scipy.stats.rankdata(np.abs(gap))
+  return KeepAlignment(auc=float(ranks[gap > 0].sum() / (n * (n + 1) / 2)),
+                       std=float(np.sqrt((2 * n + 1) / (6 * n * (n + 1)))), num_examples=int(n))
+
+
+def check_keep_alignment(lira_stats: np.ndarray, lira_keep: np.ndarray, *,
+                         z: float = 4.0) -> KeepAlignment:
+  """Raises unless the keep masks clearly fit the shadow models (`keep_alignment`).
+
+  Misaligned masks give an `auc` of 0.5 +- `std`; they pass only with
+  probability `P(Z > z)`, about 3e-5 at the default z = 4.
+
+  Args:
+    lira_stats: `[K, P]` shadow statistics (higher = member).
+    lira_keep: bool `[K, P]`, the keep masks claimed for them.
+    z: standard deviations above 0.5 that `auc` must clear.
+
+  Returns:
+    The `KeepAlignment`, when it clears the bar.
+
+  Raises:
+    ValueError: if `auc < 0.5 + z * std`.
+  """
+  alignment = keep_alignment(lira_stats, lira_keep)
+  excess = (alignment.auc - 0.5) / alignment.std
+  if excess < z:
+    raise ValueError(
+        f"the LiRA keep masks do not fit the shadow models: over {alignment.num_examples} "
+        f"examples, the in-models beat the out-models with paired AUC {alignment.auc:.3f}, "
+        f"{excess:.1f} standard errors above 0.5 (need {z:g}). The keep "
+        "masks are misaligned with the examples (another order, another shadow run), or the "
+        "shadow models learned too little to audit with (train them longer)")
+  return alignment
 
 
 def fit_oracles(key: jax.Array, evidence: ShadowEvidence, original_logits: np.ndarray,
