@@ -170,6 +170,10 @@ def signature(config: ml_collections.ConfigDict, sections: Iterable[str],
 # ----------------------------------------------------------------------------- data
 
 
+# Fallback datasets this process has already announced (`resolve_dataset_name`).
+_ANNOUNCED_FALLBACKS: set[str] = set()
+
+
 def resolve_dataset_name(config: ml_collections.ConfigDict) -> str:
   """The dataset the run uses: the configured one, or its offline fallback.
 
@@ -181,8 +185,11 @@ def resolve_dataset_name(config: ml_collections.ConfigDict) -> str:
   name = config.dataset.name
   fallback = config.dataset.get("fallback")
   if name == "fashion_mnist_local" and fallback and not fj_data.fashion_mnist_available():
-    log(f"[data] Debian Fashion-MNIST files not found: using {fallback} (pip-shipped real data) "
-        "instead; `apt-get install dataset-fashion-mnist` for the full dataset.")
+    # Every phase resolves the data again; the job says it once.
+    if fallback not in _ANNOUNCED_FALLBACKS:
+      _ANNOUNCED_FALLBACKS.add(fallback)
+      log(f"[data] Debian Fashion-MNIST files not found: using {fallback} (pip-shipped real "
+          "data) instead; `apt-get install dataset-fashion-mnist` for the full dataset.")
     return fallback
   return name
 

@@ -79,8 +79,11 @@ def open_manager(directory: str, *, read_only: bool = False, keep: int = 2
       raise CheckpointError(f"no checkpoint found in {directory}: run the phase that writes it first")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
   else:
+    # A run killed mid-save leaves a temporary step directory that is never a
+    # step; the writer that resumes removes it rather than leave it forever.
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True)
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True,
+        cleanup_tmp_directories=True)
   # Registering the handlers lets a fresh manager read item metadata (shapes)
   # before any restore, which is how mismatches are reported early.
   handlers = {"state": ocp.StandardCheckpointHandler(), "splits": ocp.StandardCheckpointHandler(),

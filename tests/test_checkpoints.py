@@ -35,6 +35,24 @@ def test_round_trip_state_splits_and_meta(tmp_path):
   assert restored_meta["library_version"] == meta["library_version"]
 
 
+def test_a_resuming_writer_removes_a_killed_saves_leftover_and_a_reader_keeps_it(tmp_path):
+  directory = str(tmp_path / "train")
+  manager = checkpoints.open_manager(directory)
+  checkpoints.save(manager, 5, state=_state(), meta=checkpoints.base_meta("train"))
+  manager.wait_until_finished()
+  # What a kill during the save of step 10 leaves behind (orbax-checkpoint 0.12's name).
+  leftover = tmp_path / "train" / "10.orbax-checkpoint-tmp"
+  (leftover / "state").mkdir(parents=True)
+  reader = checkpoints.open_manager(directory, read_only=True)
+  assert reader.all_steps() == [5] and leftover.exists()
+  writer = checkpoints.open_manager(directory)
+  assert writer.all_steps() == [5]
+  # Orbax removes it in the background, finished before the writer's first save.
+  checkpoints.save(writer, 6, state=_state(), meta=checkpoints.base_meta("train"))
+  writer.wait_until_finished()
+  assert writer.all_steps() == [5, 6] and not leftover.exists()
+
+
 def test_read_only_missing_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match="no checkpoint found"):
     checkpoints.open_manager(str(tmp_path / "nothing"), read_only=True)
