@@ -2,14 +2,14 @@ r"""Forget one whole class.
 
     python -m experiments.main --config experiments/configs/forget_class.py --workdir runs/class
 
-The default pipeline's data, model and training, without inserted photos; the
-forget set is every member of one class (class 0, "T-shirt/top": 215
-images). The reference non-members D_n are unseen images of the *other*
-classes, and the objective is the paper's: KL(mean posterior of the forget set
-|| P) with P the reference's per-class confidence profile, which gives the
-forgotten class no mass, so the generator learns to move the class's
-predictions elsewhere, as a model that never saw the class would. About 20
-minutes on a 2-core CPU.
+The default pipeline's data and model, trained for 8,000 steps (as
+`random10.py`), without inserted photos; the forget set is every member of
+one class (class 0, "T-shirt/top": 215 images). The reference non-members
+D_n are unseen images of the *other* classes, and the objective is the
+paper's: KL(mean posterior of the forget set || P) with P the reference's
+per-class confidence profile, which gives the forgotten class no mass, so the
+generator learns to move the class's predictions elsewhere, as a model that
+never saw the class would. About 20 minutes on a 2-core CPU.
 """
 
 import ml_collections
@@ -24,4 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.scenario.num_forget_ood = 0
   config.scenario.forget_class = 0
   config.unlearn.objective = "paper"
+  if arg != "runlocal":
+    # In-distribution forget sets leave a weaker membership signal than the
+    # photos; the scenario keeps the longer training its figures in
+    # docs/RESULTS.md (section 4) were measured with.
+    config.train.steps = 8_000
   return config
