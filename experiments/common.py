@@ -320,7 +320,8 @@ def run_steps(*, phase: str, state: Any, step_fn: Callable, make_batch: Callable
 
   Returns:
     `(state, seconds)`: the final state and total wall time of the phase's
-    steps, earlier runs included.
+    steps, earlier runs included, up to its last checkpoint's save (the time
+    that checkpoint stores; finishing the asynchronous write is not counted).
   """
   from forsaken_jax import checkpoints, parallel  # pylint: disable=g-import-not-at-top
 
@@ -330,10 +331,15 @@ def run_steps(*, phase: str, state: Any, step_fn: Callable, make_batch: Callable
     return state, elapsed_before
   bar = progress(num_steps, desc=phase, initial=start, enabled=show_progress)
   t0 = time.perf_counter()
+  # The phase's wall time is the one its last checkpoint stores, so a rerun of
+  # a finished phase reports what the run that finished it reported.
+  saved_elapsed = elapsed_before
 
   def save(step):
+    nonlocal saved_elapsed
+    saved_elapsed = elapsed_before + time.perf_counter() - t0
     checkpoints.save(manager, step, state=state, splits=splits,
-                     meta={**meta, "elapsed_seconds": elapsed_before + time.perf_counter() - t0})
+                     meta={**meta, "elapsed_seconds": saved_elapsed})
 
   for step in range(start, num_steps):
     state, metrics = step_fn(state, make_batch(step))
@@ -359,7 +365,7 @@ def run_steps(*, phase: str, state: Any, step_fn: Callable, make_batch: Callable
       raise TrainingInterrupted(f"[{phase}] stopped after step {step + 1}")
   bar.close()
   manager.wait_until_finished()
-  return state, elapsed_before + time.perf_counter() - t0
+  return state, saved_elapsed
 
 
 # ----------------------------------------------------------------------------- phases

@@ -115,8 +115,9 @@ def build_audit(config: ml_collections.ConfigDict, workdir: str, data: fj_data.E
       lira_fixed_variance=ec.lira_fixed_variance)
   kept = None
   if config.scenario.kind == "class":
-    kept = data.test.labels != config.scenario.forget_class
-  return Audit(oracles, evidence, predict, population, pop_labels, masks, data.test, kept,
+    kept = data.test_examples.labels != config.scenario.forget_class
+  return Audit(oracles, evidence, predict, population, pop_labels, masks, data.test_examples,
+               kept,
                num_lira, int(design["keep"].shape[0] - num_lira))
 
 

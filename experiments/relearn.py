@@ -131,9 +131,10 @@ def run_relearn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   # What each model keeps, beside what it lets come back.
   mesh = parallel.make_mesh()
   predict = train.make_predict_fn(model.apply_fn, mesh)
+  test = data.test_examples
   result["test_accuracy"] = {
-      name: train.evaluate(predict, parallel.replicate(p, mesh), data.test.images,
-                           data.test.labels)["accuracy"]
+      name: train.evaluate(predict, parallel.replicate(p, mesh), test.images,
+                           test.labels)["accuracy"]
       for name, p in models.items()}
   table = report.relearn_table(result)
   common.log(table)

@@ -108,7 +108,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *, phase: str,
         stop_after=stop_after, hint=f"lower train.learning_rate (now {tc.learning_rate}).")
 
   predict = train.make_predict_fn(model.apply_fn, mesh)
-  test_metrics = train.evaluate(predict, state["params"], data.test.images, data.test.labels,
+  test = data.test_examples
+  test_metrics = train.evaluate(predict, state["params"], test.images, test.labels,
                                 loss_fn=loss_fn)
   train_metrics = train.evaluate(predict, state["params"], images[indices], labels[indices],
                                  loss_fn=loss_fn)

@@ -14,6 +14,12 @@ if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+  """A TFDS data dir per test module: a module's runs prepare each dataset once."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache_in_tmp(tmp_path_factory):
   """Points the experiments' compilation cache at a temporary directory.

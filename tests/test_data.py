@@ -24,12 +24,6 @@ from forsaken_jax.data import local_builders
 # Fixtures and helpers.
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> str:
-  """One data dir shared by the tests that read local datasets."""
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 @pytest.fixture
 def no_network(monkeypatch):
   """Fails the test if anything opens a network connection."""
@@ -695,6 +689,22 @@ def test_experiment_data():
   with pytest.raises(ValueError, match="differ in shape"):
     data.ExperimentData(pool=pool, test=make_dataset(10, shape=(2, 2, 1), num_classes=3),
                         splits=splits, is_ood=is_ood)
+
+
+def test_experiment_data_scores_the_test_examples_its_splits_name():
+  train = make_dataset(40, num_classes=3)
+  test = make_dataset(10, num_classes=3, seed=2)
+  pool, is_ood = data.build_pool(train, None, num_ood=0, seed=0)
+  common = dict(seed=0, num_members=20, num_nonmembers=10, num_shadow=5, scenario="random",
+                forget_fraction=0.1)
+  whole = data.ExperimentData(pool, test, data.make_splits(pool.labels, is_ood, len(test),
+                                                           **common), is_ood)
+  np.testing.assert_array_equal(whole.test_examples.images, test.images)
+  splits = data.make_splits(pool.labels, is_ood, len(test), num_test=4, **common)
+  part = data.ExperimentData(pool, test, splits, is_ood)
+  assert len(part.test_examples) == 4
+  np.testing.assert_array_equal(part.test_examples.images, test.images[splits.test])
+  np.testing.assert_array_equal(part.test_examples.labels, test.labels[splits.test])
 
 
 def test_experiment_on_local_datasets(data_dir):

@@ -80,11 +80,6 @@ def _load_json(*parts):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir):
   """The pipeline run once through `run_pipeline`, recording the files each phase changed."""
   workdir = str(tmp_path_factory.mktemp("run"))
@@ -259,8 +254,10 @@ def test_metrics_match_an_independent_recomputation(run):
     acc = m["accuracy"][name]
     assert acc["forget"] == pytest.approx(correct[is_forget].mean())
     assert acc["retain"] == pytest.approx(correct[is_retain].mean())
-    test_logits = np.asarray(apply_fn(params, data.test.images))
-    assert acc["test"] == pytest.approx((test_logits.argmax(-1) == data.test.labels).mean())
+    # The test examples the splits name (all of them unless scenario.num_test is set).
+    test_images, test_labels = data.test.images[splits.test], data.test.labels[splits.test]
+    test_logits = np.asarray(apply_fn(params, test_images))
+    assert acc["test"] == pytest.approx((test_logits.argmax(-1) == test_labels).mean())
     # The loss oracle: member when -loss >= the threshold fitted on the original model.
     log_probs = logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True)
     neg_loss = log_probs[np.arange(len(labels)), labels]

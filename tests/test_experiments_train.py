@@ -9,11 +9,6 @@ from experiments.configs import digits
 from forsaken_jax import checkpoints
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _config(data_dir, **train_overrides):
   config = digits.get_config("runlocal")
   config.dataset.data_dir = data_dir

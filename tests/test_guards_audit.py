@@ -28,6 +28,7 @@ from forsaken_jax import mia
 from forsaken_jax.mia import audit
 from forsaken_jax.mia import shadow as shadow_lib
 from file_snapshots import snapshot
+from recording import record_returns
 
 NUM_LIRA, NUM_SHOKRI = 8, 2
 # Standard errors in the statistical bounds below. A check at z = 4 fails by
@@ -102,15 +103,8 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(run):
   """The evaluate phase on the run, keeping the audit it built."""
-  audits = []
   with pytest.MonkeyPatch.context() as mp:
-    real_build_audit = evaluate_phase.build_audit
-
-    def recording_build_audit(*args, **kwargs):
-      audits.append(real_build_audit(*args, **kwargs))
-      return audits[-1]
-
-    mp.setattr(evaluate_phase, "build_audit", recording_build_audit)
+    audits = record_returns(mp, evaluate_phase, "build_audit")
     metrics = evaluate_phase.evaluate(run["config"], run["workdir"])
   return {"audit": audits[0], "metrics": metrics}
 

@@ -86,11 +86,6 @@ def _command(phase, workdir):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
   """Every phase run once, uninterrupted, in this process."""
   workdir = str(tmp_path_factory.mktemp("reference"))

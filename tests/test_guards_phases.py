@@ -27,6 +27,7 @@ from experiments.configs import digits
 from forsaken_jax import checkpoints, mia
 from forsaken_jax import unlearn as fj_unlearn
 from file_snapshots import snapshot
+from recording import record_returns
 
 PHASE_FUNCTIONS = {"shadow": shadow_phase.train_shadows, "unlearn": unlearn_phase.unlearn,
                    "retrain": retrain_phase.retrain, "evaluate": evaluate_phase.evaluate}
@@ -57,15 +58,8 @@ def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = _config(str(tmp_path_factory.mktemp("tfds")))
   train_phase.train_and_evaluate(config, workdir)
-  prepared = []
   with pytest.MonkeyPatch.context() as mp:
-    real_prepare = unlearn_phase.prepare
-
-    def recording_prepare(*args, **kwargs):
-      prepared.append(real_prepare(*args, **kwargs))
-      return prepared[-1]
-
-    mp.setattr(unlearn_phase, "prepare", recording_prepare)
+    prepared = record_returns(mp, unlearn_phase, "prepare")
     summary = unlearn_phase.unlearn(config, workdir)
   data = common.load_experiment_data(config)
   original, _ = common.load_phase_params(config, workdir, "train", data)
@@ -87,7 +81,7 @@ def test_default_unlearning_forgets_the_photos_and_keeps_the_rest(run):
   look_alikes = {"image": data.pool.images[unseen], "label": data.pool.labels[unseen]}
   reference = {"image": prep.reference["image"], "label": prep.reference["label"]}
   retained = jax.tree.map(lambda x: np.reshape(x, (-1, *np.shape(x)[2:])), prep.retain)
-  test = {"image": data.test.images, "label": data.test.labels}
+  test = {"image": data.test_examples.images, "label": data.test_examples.labels}
 
   def score(params, batch):
     return np.asarray(mia.logit_scaled_confidence(apply_fn(params, batch["image"]),

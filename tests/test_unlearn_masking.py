@@ -11,6 +11,7 @@ import pytest
 from forsaken_jax.models import create_model
 from forsaken_jax import unlearn
 from forsaken_jax.unlearn import masking
+from numpy_mlp import mlp_grads, softmax
 
 NUM_CLASSES = 3
 INPUT_SHAPE = (2, 2, 1)
@@ -19,27 +20,6 @@ INPUT_SHAPE = (2, 2, 1)
 def _batch(rng, n):
   return {"image": jnp.asarray(rng.normal(size=(n, *INPUT_SHAPE)), jnp.float32),
           "label": jnp.asarray(rng.integers(0, NUM_CLASSES, n), jnp.int32)}
-
-
-def _softmax(z):
-  e = np.exp(z - z.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
-
-
-def _mlp_grads_np(params, batch):
-  """Hand-written backprop of the mean cross-entropy of a 1-hidden-layer ReLU MLP."""
-  w0, b0 = (np.asarray(params["Dense_0"][k], np.float64) for k in ("kernel", "bias"))
-  w1, b1 = (np.asarray(params["Dense_1"][k], np.float64) for k in ("kernel", "bias"))
-  x = np.asarray(batch["image"], np.float64).reshape(len(batch["label"]), -1)
-  y = np.asarray(batch["label"])
-  pre = x @ w0 + b0
-  h = np.maximum(pre, 0)
-  dz = _softmax(h @ w1 + b1)
-  dz[np.arange(len(y)), y] -= 1
-  dz /= len(y)
-  dh = (dz @ w1.T) * (pre > 0)
-  return {"Dense_0": {"kernel": x.T @ dh, "bias": dh.sum(0)},
-          "Dense_1": {"kernel": h.T @ dz, "bias": dz.sum(0)}}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +46,7 @@ def test_unit_groups_pair_kernels_with_biases(mlp):
 def test_unit_saliency_matches_hand_computed_gradients(mlp):
   apply_fn, params, forget, retain = mlp
   sal = unlearn.unit_saliency(apply_fn, params, forget, retain, eps=1e-12)
-  gf, gr = _mlp_grads_np(params, forget), _mlp_grads_np(params, retain)
+  gf, gr = mlp_grads(params, forget), mlp_grads(params, retain)
   for layer, fan_in in (("Dense_0", 4), ("Dense_1", 6)):
     # Mean |grad| over a unit's kernel column and its bias: fan_in + 1 values.
     f = (np.abs(gf[layer]["kernel"]).sum(0) + np.abs(gf[layer]["bias"])) / (fan_in + 1)
@@ -285,7 +265,7 @@ def _linear_grads_np(params, batch):
   """Analytic gradient of the mean cross-entropy of multinomial logistic regression."""
   w, b = (np.asarray(params["Dense_0"][k], np.float64) for k in ("kernel", "bias"))
   x = np.asarray(batch["image"], np.float64).reshape(len(batch["label"]), -1)
-  dz = _softmax(x @ w + b)
+  dz = softmax(x @ w + b)
   dz[np.arange(len(dz)), np.asarray(batch["label"])] -= 1
   dz /= len(dz)
   return x.T @ dz, dz.sum(0)

@@ -148,6 +148,11 @@ class ExperimentData:
   splits: Splits
   is_ood: np.ndarray
 
+  @property
+  def test_examples(self) -> ArrayDataset:
+    """The test examples every phase scores: `test` at `splits.test`."""
+    return self.test.subset(self.splits.test)
+
   def __post_init__(self):
     is_ood = np.asarray(self.is_ood)
     if is_ood.dtype != np.bool_ or is_ood.shape != (len(self.pool),):

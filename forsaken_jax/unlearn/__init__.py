@@ -26,6 +26,7 @@ from forsaken_jax.unlearn.generators import (
     make_dense_generator, make_generator)
 from forsaken_jax.unlearn.masking import (
     PackedMask, neuron_mask, neuron_mask_capacity, pack_mask, packed_mask_shape, unit_saliency)
+from forsaken_jax.unlearn.methods import METHODS, Unlearner, UnlearnerState, make_method
 from forsaken_jax.unlearn.reference import (
     OBJECTIVES, RELATIVE_OBJECTIVES, compute_reference, objective_distance,
     reference_from_logits)
@@ -33,11 +34,13 @@ from forsaken_jax.unlearn.transform import forsaken_transform
 
 __all__ = [
     "ACCEPTANCE_RULES", "DENSE_MAX_WEIGHTS", "Features", "Forsaken", "ForsakenState", "GENERATORS",
-    "Generator", "GeneratorState", "GeneratorUpdate", "OBJECTIVES", "PackedMask", "RELATIVE_OBJECTIVES",
-    "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_REASONS", "STOP_RUNNING", "STOP_TARGET",
-    "UnlearnResult", "apply_dummy_gradient", "compute_reference", "forsaken_transform", "make_coordinatewise_generator",
-    "make_dense_generator", "make_finetune_loop", "make_finetune_step", "make_forsaken", "make_generator",
-    "make_generator_update", "make_gradient_ascent_step", "make_simulated_relearn", "neuron_mask", "neuron_mask_capacity",
-    "objective_distance", "pack_mask", "packed_mask_shape",
-    "reference_from_logits", "summarize", "unit_saliency", "unlearn",
+    "Generator", "GeneratorState", "GeneratorUpdate", "METHODS", "OBJECTIVES", "PackedMask",
+    "RELATIVE_OBJECTIVES", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_REASONS", "STOP_RUNNING",
+    "STOP_TARGET", "UnlearnResult", "Unlearner", "UnlearnerState", "apply_dummy_gradient",
+    "compute_reference", "forsaken_transform", "make_coordinatewise_generator",
+    "make_dense_generator", "make_finetune_loop", "make_finetune_step", "make_forsaken",
+    "make_generator", "make_generator_update", "make_gradient_ascent_step", "make_method",
+    "make_simulated_relearn", "neuron_mask", "neuron_mask_capacity", "objective_distance",
+    "pack_mask", "packed_mask_shape", "reference_from_logits", "summarize", "unit_saliency",
+    "unlearn",
 ]
