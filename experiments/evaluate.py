@@ -113,11 +113,11 @@ def build_audit(config: ml_collections.ConfigDict, workdir: str, data: fj_data.E
       predict(original, images[population]), pop_labels, masks["retain"], masks["nonmember"],
       shokri_mode=ec.shokri_features, shokri_per_class=ec.shokri_per_class,
       lira_fixed_variance=ec.lira_fixed_variance)
+  test = data.test_examples
   kept = None
   if config.scenario.kind == "class":
-    kept = data.test_examples.labels != config.scenario.forget_class
-  return Audit(oracles, evidence, predict, population, pop_labels, masks, data.test_examples,
-               kept,
+    kept = test.labels != config.scenario.forget_class
+  return Audit(oracles, evidence, predict, population, pop_labels, masks, test, kept,
                num_lira, int(design["keep"].shape[0] - num_lira))
 
 

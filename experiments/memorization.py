@@ -23,7 +23,6 @@ import os
 from typing import Any
 
 from absl import flags
-import jax
 import ml_collections
 import numpy as np
 
@@ -64,7 +63,8 @@ def memorization_curve(config: ml_collections.ConfigDict, workdir: str,
           "lookalike": population[common.matched_nonmembers(data, population, config.scenario)],
           "nonmember": splits.nonmembers}
   model = common.create_model(common.model_spec(config, data))
-  predict = train.make_predict_fn(model.apply_fn, parallel.make_mesh())
+  mesh = parallel.make_mesh()
+  predict = train.make_predict_fn(model.apply_fn, mesh)
   images, labels = data.pool.images, data.pool.labels
   rows = []
   for length in steps:
@@ -75,9 +75,9 @@ def memorization_curve(config: ml_collections.ConfigDict, workdir: str,
     summary = train_phase.run_training(run_config, workdir, phase=phase, data=data,
                                        indices=splits.members)
     params, _ = common.load_phase_params(run_config, workdir, phase, data)
-    logits = np.asarray(predict(parallel.replicate(params, parallel.make_mesh()), images))
-    # Per-example loss: the loss-threshold attack's membership score is its negative.
-    loss = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), labels[:, None], -1)[:, 0]
+    logits = np.asarray(predict(parallel.replicate(params, mesh), images))
+    # The loss-threshold attack's membership score is the negative loss.
+    loss = np.asarray(mia.loss(logits, labels))
     accuracy = {name: float(np.mean(logits[idx].argmax(-1) == labels[idx]))
                 for name, idx in sets.items()}
     rows.append({

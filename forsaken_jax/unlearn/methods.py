@@ -185,11 +185,15 @@ def _step_key(state: UnlearnerState) -> jax.Array:
 
 
 def _descend(tx: optax.GradientTransformation, objective: Callable, params: Params,
-             opt_state: Any) -> tuple[Params, Any, jax.Array, Metrics]:
-  """One `tx` step down `objective(params) -> (loss, metrics)`."""
+             opt_state: Any) -> tuple[Params, Any, Metrics]:
+  """One `tx` step down `objective(params) -> (loss, metrics)`.
+
+  Returns:
+    `(params, opt_state, {"loss": loss, **metrics})`, what a method's update returns.
+  """
   (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss, metrics
+  return optax.apply_updates(params, updates), opt_state, {"loss": loss, **metrics}
 
 
 def random_wrong_labels(key: jax.Array, labels: jax.Array, num_classes: int, *,
@@ -374,8 +378,7 @@ def make_finetune(apply_fn: ApplyFn, *, lr: float = PAPER_LR["finetune"],
       loss = _mean_loss(loss_fn, apply_fn(p, retain["image"]), retain["label"])
       return loss, {"retain_loss": loss}
 
-    params, opt_state, loss, metrics = _descend(tx, objective, state.params, state.opt_state)
-    return params, opt_state, {"loss": loss, **metrics}
+    return _descend(tx, objective, state.params, state.opt_state)
 
   return _build("finetune", apply_fn, tx, update=update, uses_forget=False)
 
@@ -408,8 +411,7 @@ def make_gradient_ascent(apply_fn: ApplyFn, *, lr: float = PAPER_LR["gradient_as
       forget_loss = _mean_loss(loss_fn, apply_fn(p, forget["image"]), forget["label"])
       return -forget_loss, {"forget_loss": forget_loss}
 
-    params, opt_state, loss, metrics = _descend(tx, objective, state.params, state.opt_state)
-    return params, opt_state, {"loss": loss, **metrics}
+    return _descend(tx, objective, state.params, state.opt_state)
 
   return _build("gradient_ascent", apply_fn, tx, update=update, uses_retain=False)
 
@@ -462,8 +464,7 @@ def make_random_labels(apply_fn: ApplyFn, *, lr: float = PAPER_LR["random_labels
   def update(state, forget, retain):
     objective = _random_label_objective(apply_fn, loss_fn, _step_key(state), forget, retain,
                                         exclude_true)
-    params, opt_state, loss, metrics = _descend(tx, objective, state.params, state.opt_state)
-    return params, opt_state, {"loss": loss, **metrics}
+    return _descend(tx, objective, state.params, state.opt_state)
 
   return _build("random_labels", apply_fn, tx, update=update)
 
@@ -499,8 +500,7 @@ def make_neggrad_plus(apply_fn: ApplyFn, *, alpha: float = 0.95,
       return (alpha * retain_loss - (1.0 - alpha) * forget_loss,
               {"forget_loss": forget_loss, "retain_loss": retain_loss})
 
-    params, opt_state, loss, metrics = _descend(tx, objective, state.params, state.opt_state)
-    return params, opt_state, {"loss": loss, **metrics}
+    return _descend(tx, objective, state.params, state.opt_state)
 
   return _build("neggrad_plus", apply_fn, tx, update=update)
 
@@ -548,10 +548,10 @@ def make_l1_sparse(apply_fn: ApplyFn, *, num_steps: int, gamma: float = 5e-5,
     def objective(p):
       retain_loss = _mean_loss(loss_fn, apply_fn(p, retain["image"]), retain["label"])
       norm = _l1_norm(p)
-      return retain_loss + gamma_t * norm, {"retain_loss": retain_loss, "l1_norm": norm}
+      return retain_loss + gamma_t * norm, {"retain_loss": retain_loss, "l1_norm": norm,
+                                            "gamma": gamma_t}
 
-    params, opt_state, loss, metrics = _descend(tx, objective, state.params, state.opt_state)
-    return params, opt_state, {"loss": loss, "gamma": gamma_t, **metrics}
+    return _descend(tx, objective, state.params, state.opt_state)
 
   return _build("l1_sparse", apply_fn, tx, update=update, uses_forget=False)
 
@@ -691,9 +691,9 @@ def make_scrub(apply_fn: ApplyFn, *, max_steps: int = 3, alpha: float = 0.5, gam
 
     def max_update(carry):
       params, opt_state = carry
-      params, opt_state, neg_kl, _ = _descend(
+      params, opt_state, metrics = _descend(
           tx, lambda p: (-forget_kl(p, teacher, forget), {}), params, opt_state)
-      return params, opt_state, -neg_kl
+      return params, opt_state, -metrics["loss"]
 
     def no_max_update(carry):
       params, opt_state = carry
@@ -709,9 +709,8 @@ def make_scrub(apply_fn: ApplyFn, *, max_steps: int = 3, alpha: float = 0.5, gam
       kl_r = _distill_kl(teacher_logits, logits, temperature)
       return gamma * retain_loss + alpha * kl_r, {"retain_loss": retain_loss, "retain_kl": kl_r}
 
-    params, opt_state, loss, metrics = _descend(tx, min_objective, params, opt_state)
-    return params, opt_state, {"loss": loss, "forget_kl": kl_f,
-                               "max_step": is_max.astype(jnp.float32), **metrics}
+    params, opt_state, metrics = _descend(tx, min_objective, params, opt_state)
+    return params, opt_state, {**metrics, "forget_kl": kl_f, "max_step": is_max.astype(jnp.float32)}
 
   return _build("scrub", apply_fn, tx, update=update, init_extras=init_extras)
 
