@@ -19,7 +19,10 @@ under `<workdir>/evaluate/`:
   non-members, which no model trained on (AUC should be ~0.5);
 - the relearning attack (`experiments.relearn`): steps of fine-tuning on the
   forget set until each model's accuracy there is back, beside the same
-  model learning as many unseen look-alikes.
+  model learning as many unseen look-alikes;
+- the unlearning benchmark's figures (`forsaken_jax.mia.benchmark`): UA, RA,
+  TA and SalUn's MIA-efficacy of each model, and the average gap of the
+  unlearned model to the retrained one.
 """
 
 import os
@@ -61,6 +64,7 @@ class ModelAudit(NamedTuple):
   scores: dict[str, np.ndarray]  # every oracle's membership score
   decisions: dict[str, np.ndarray]  # every oracle's member / non-member verdict
   accuracy: dict[str, float]
+  test_logits: np.ndarray  # [T, C] on the test split
 
 
 def build_audit(config: ml_collections.ConfigDict, workdir: str, data: fj_data.ExperimentData,
@@ -136,7 +140,8 @@ def audit_model(ctx: Audit, images: np.ndarray, params: Any) -> ModelAudit:
   logits = ctx.predict(params, images[ctx.population])
   scores = audit.oracle_scores(ctx.oracles, ctx.evidence, logits, ctx.labels)
   correct = np.argmax(logits, -1) == ctx.labels
-  test_correct = np.argmax(ctx.predict(params, ctx.test.images), -1) == ctx.test.labels
+  test_logits = ctx.predict(params, ctx.test.images)
+  test_correct = np.argmax(test_logits, -1) == ctx.test.labels
   accuracy = {"test": float(test_correct.mean())}
   if ctx.kept_classes is not None:
     # Forgetting a class costs its test images by design; what must be kept is
@@ -144,7 +149,8 @@ def audit_model(ctx: Audit, images: np.ndarray, params: Any) -> ModelAudit:
     accuracy["test_other_classes"] = float(test_correct[ctx.kept_classes].mean())
   accuracy.update({name: float(correct[ctx.masks[name]].mean())
                    for name in ("retain", "forget", "nonmember")})
-  return ModelAudit(logits, scores, audit.judged_member(ctx.oracles, scores), accuracy)
+  return ModelAudit(logits, scores, audit.judged_member(ctx.oracles, scores), accuracy,
+                    np.asarray(test_logits))
 
 
 def forget_set_figures(ctx: Audit, before: ModelAudit, after: ModelAudit
@@ -166,6 +172,39 @@ def forget_set_figures(ctx: Audit, before: ModelAudit, after: ModelAudit
   return {"lira_auc": float(mia.roc_auc(after.scores["lira"][forget],
                                         after.scores["lira"][matched])),
           **{f"fr_{oracle}": rate.rate for oracle, rate in rates.items()}}
+
+
+def benchmark_figures(ctx: Audit, audited: dict[str, ModelAudit], seed: int) -> dict[str, Any]:
+  """UA, RA, TA and MIA-efficacy per model, and the unlearned model's average gap.
+
+  The test set is the test split (its other classes when a class is
+  forgotten), both for TA and as MIA-efficacy's non-members; the members are
+  the retained members. See `forsaken_jax.mia.benchmark`.
+
+  Args:
+    ctx: from `build_audit`.
+    audited: `audit_model` of each model, by name.
+    seed: seeds MIA-efficacy's balancing subsample.
+
+  Returns:
+    `{model: {"UA", "RA", "TA", "MIA"}}`, plus `average_gap` (percentage
+    points, unlearned vs retrained) when both models are there.
+  """
+  forget, retain = ctx.masks["forget"], ctx.masks["retain"]
+  keep = (np.ones(len(ctx.test.labels), bool) if ctx.kept_classes is None
+          else ctx.kept_classes)
+  test_labels = ctx.test.labels[keep]
+  out: dict[str, Any] = {}
+  for name, a in audited.items():
+    sets = ((a.logits[forget], ctx.labels[forget]), (a.logits[retain], ctx.labels[retain]),
+            (a.test_logits[keep], test_labels))
+    figures = {k: float(v) for k, v in mia.accuracy_metrics(*sets[0], *sets[1], *sets[2]).items()}
+    figures["MIA"] = mia.mia_efficacy(
+        *(np.asarray(mia.true_class_confidence(x, y)) for x, y in sets), seed=seed)
+    out[name] = figures
+  if {"unlearned", "retrained"} <= set(out):
+    out["average_gap"] = mia.average_gap(out["unlearned"], out["retrained"])
+  return out
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -218,6 +257,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   half = len(halves) // 2
   results["control_nonmember_halves_lira_auc"] = float(mia.roc_auc(
       scores["original"]["lira"][halves[:half]], scores["original"]["lira"][halves[half:]]))
+  results["benchmark"] = benchmark_figures(ctx, audited, config.seed)
   results["wall_seconds"] = report.phase_seconds(workdir)
   results["relearn"] = relearn.relearn_audit(
       config, data, common.create_model(common.model_spec(config, data)).apply_fn, params)

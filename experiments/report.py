@@ -87,6 +87,13 @@ def headline_table(results: Mapping[str, Any]) -> str:
          f"({steps_label(curves[m]['control'].get('steps_to_80'), budget)})" for m in models])
     row(f"relearning ({attack}): forget-set accuracy after 100 steps",
         [pct(curves[m]["forget"].get("accuracy_at_100")) for m in models])
+  bench = results.get("benchmark")
+  if bench:
+    row("MIA-efficacy (SalUn's SVC: forget set called non-member)",
+        [pct(bench[m]["MIA"]) if m in bench else "n/a" for m in models])
+    gap = bench.get("average_gap")
+    row("average gap to retrained, UA/RA/TA/MIA (points)",
+        [f"{gap:.2f}" if m == "unlearned" and gap is not None else "—" for m in models])
   seconds = results.get("wall_seconds", {})
   row("wall time (s)", [f"{seconds[MODEL_PHASES[m]]:.1f}" if MODEL_PHASES[m] in seconds
                         else "n/a" for m in models])
@@ -133,6 +140,21 @@ def markdown(results: Mapping[str, Any]) -> str:
                    f"{s['auc']:.3f} ± {s['auc_std']:.3f} | "
                    f"{s['balanced_accuracy']:.3f} | {pct(s['tpr_at_fpr_0.001'])} | "
                    f"{pct(s['tpr_at_fpr_0.01'])} |")
+
+  bench = results.get("benchmark")
+  if bench:
+    out += ["", "## Benchmark metrics", "",
+            "UA = 1 - forget-set accuracy, RA / TA = retained / test accuracy, MIA = SalUn's "
+            "MIA-efficacy (docs/METHOD.md, \"Benchmark metrics\").", "",
+            "| model | UA | RA | TA | MIA-efficacy |", "| --- | ---: | ---: | ---: | ---: |"]
+    for m in models:
+      if m in bench:
+        b = bench[m]
+        out.append(f"| {MODEL_LABELS[m]} | {pct(b['UA'])} | {pct(b['RA'])} | {pct(b['TA'])} | "
+                   f"{pct(b['MIA'])} |")
+    if bench.get("average_gap") is not None:
+      out += ["", f"Average gap of Forsaken to the retrained model: "
+              f"{bench['average_gap']:.2f} percentage points."]
 
   out += ["", "## Judged member on the forget set", "",
           "| model | " + " | ".join(ORACLE_LABELS[o] for o in ("shokri", "lira", "loss")) + " |",

@@ -132,6 +132,7 @@ def test_each_phase_writes_its_outputs_and_only_its_own_directory(run):
   with open(os.path.join(workdir, "evaluate", "report.md")) as f:
     report = f.read()
   assert report.startswith("# Membership-inference audit: digits_local")
+  assert "## Benchmark metrics" in report and "MIA-efficacy" in report
   for name in PLOTS:
     assert f"]({name})" in report
 
@@ -197,6 +198,17 @@ def test_metrics_are_internally_consistent(run):
       for s in per_oracle.values():
         assert 0.0 <= s["auc"] <= 1.0 and 0.5 <= s["balanced_accuracy"] <= 1.0
   assert 0.0 <= m["ulira"]["auc"] <= 1.0
+
+  bench = m["benchmark"]
+  assert set(bench) == {"original", "unlearned", "retrained", "average_gap"}
+  for model in ("original", "unlearned", "retrained"):
+    b, acc = bench[model], m["accuracy"][model]
+    assert b["UA"] == pytest.approx(1 - acc["forget"]) and b["RA"] == pytest.approx(acc["retain"])
+    assert b["TA"] == pytest.approx(acc.get("test_other_classes", acc["test"]))
+    assert 0.0 <= b["MIA"] <= 1.0
+  assert bench["average_gap"] == pytest.approx(
+      100 * np.mean([abs(bench["unlearned"][k] - bench["retrained"][k])
+                     for k in ("UA", "RA", "TA", "MIA")]))
 
   # Unseen-vs-unseen control: no model trained on either half of the
   # non-members, so the AUC is a null Mann-Whitney statistic with standard

@@ -10,6 +10,9 @@ Scores are oriented so that higher always means "more likely a member".
   unlearning distinguishability.
 * `shokri`: the shadow-model attack classifier.
 * `forgetting`: the forgetting rate of "Learn to Forget".
+* `benchmark`: the unlearning benchmark's metrics (UA / RA / TA, SalUn's
+  MIA-efficacy, the average gap to retraining, the NeurIPS 2023 challenge's
+  forgetting quality and score).
 * `shadow`: many shadow models trained at once (`jax.vmap` over stacked params).
 * `relearn`: the relearning attack (fine-tune on the forget set, count the
   steps until its accuracy is back).
@@ -17,6 +20,20 @@ Scores are oriented so that higher always means "more likely a member".
   retrained models; forgetting rates per oracle.
 """
 
+from forsaken_jax.mia.benchmark import (
+    BENCHMARK_KEYS,
+    ForgettingQuality,
+    accuracy_metrics,
+    average_gap,
+    challenge_epsilons,
+    challenge_score,
+    epsilon_cutoff,
+    epsilon_points,
+    forgetting_quality,
+    forgetting_quality_from_scores,
+    max_finite_epsilon,
+    mia_efficacy,
+)
 from forsaken_jax.mia.forgetting import ForgettingRate, forgetting_rate
 from forsaken_jax.mia.lira import (
     balanced_keep_masks,
@@ -76,7 +93,9 @@ from forsaken_jax.mia.shadow import (
 from forsaken_jax.mia.threshold import ThresholdAttack, fit_threshold, predict_member
 
 __all__ = [
+    "BENCHMARK_KEYS",
     "FEATURE_MODES",
+    "ForgettingQuality",
     "ForgettingRate",
     "MEMBERSHIP_SIGN",
     "RelearnAttack",
@@ -84,16 +103,24 @@ __all__ = [
     "STATISTICS",
     "ShokriAttack",
     "ThresholdAttack",
+    "accuracy_metrics",
     "attack_features",
     "auc",
     "auc_standard_error",
+    "average_gap",
     "balanced_accuracy",
     "balanced_keep_masks",
     "best_balanced_accuracy",
+    "challenge_epsilons",
+    "challenge_score",
     "compute_statistic",
     "entropy",
+    "epsilon_cutoff",
+    "epsilon_points",
     "fit_shokri_attack",
     "fit_threshold",
+    "forgetting_quality",
+    "forgetting_quality_from_scores",
     "init_stacked_state",
     "forgetting_rate",
     "lira_offline",
@@ -104,6 +131,8 @@ __all__ = [
     "make_relearn_attack",
     "make_stacked_predict_fn",
     "make_stacked_train_step",
+    "max_finite_epsilon",
+    "mia_efficacy",
     "model_mesh",
     "membership_score",
     "modified_entropy",
