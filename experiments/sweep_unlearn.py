@@ -32,6 +32,13 @@ from forsaken_jax.mia import audit
 # name -> overrides of config.unlearn
 VARIANTS: dict[str, dict[str, Any]] = {
     "Forsaken, this config": {},
+    "without the removal step (the paper's Forsaken)": {"shrink": 1.0, "perturb": 0.0,
+                                                        "repair_steps": 0},
+    "removal step: repair only (no shrink, no perturbation)": {"shrink": 1.0, "perturb": 0.0},
+    "removal step: shrink without the perturbation": {"perturb": 0.0},
+    "removal step: shrink 0.2": {"shrink": 0.2},
+    "removal step: repair on the loop's 10 batches at a constant rate": {
+        "repair_batches": 10, "repair_schedule": "constant"},
     "objective: static confidence matching": {"objective": "confidence_matching",
                                               "threshold_weight": 0.0},
     "objective: relative, without the hinge": {"threshold_weight": 0.0},
@@ -105,8 +112,16 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
                     f"{info['steps']} steps, {info['accepted']} accepted, stop: "
                     f"{info['stop_reason']}"))
 
-  # Gradient ascent on the forget loss: the usual lower bar.
+  # The removal step alone, on the original model: what the dummy gradient
+  # adds to it.
   uc = config.unlearn
+  if uc.shrink != 1.0 or uc.perturb or uc.repair_steps:
+    start = time.perf_counter()
+    prep = unlearn_phase.prepare(config, data, spec, original)
+    params = unlearn_phase.finish(prep, prep.state).params
+    rows.append(row("the removal step alone (no dummy gradient)", params,
+                    time.perf_counter() - start, "ablation"))
+  # Gradient ascent on the forget loss: the usual lower bar.
   forget = unlearn_phase.forget_batch(data, data.splits.forget)
   for multiple, steps in GRADIENT_ASCENT_RUNS:
     start = time.perf_counter()

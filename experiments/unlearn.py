@@ -65,6 +65,9 @@ REFERENCE_SPLITS = ("shadow", "nonmembers")
 # > 0 there, or sqrt(v) at v = 0 (a coordinate with no gradient) gives NaN.
 RELEARN_OPTIMIZERS = {"sgd": optax.sgd,
                       "adam": lambda learning_rate: optax.adam(learning_rate, eps_root=1e-8)}
+# The repair's learning rate over its steps (unlearn.repair_schedule).
+REPAIR_SCHEDULES = {"constant": lambda lr, steps: lr,
+                    "cosine": optax.cosine_decay_schedule}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -78,6 +81,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f"got {uc.reference_split!r}")
   if uc.repair_steps < 0:
     raise ValueError(f"unlearn.repair_steps must be non-negative, got {uc.repair_steps}")
+  if uc.repair_batches < 0:
+    raise ValueError(f"unlearn.repair_batches must be non-negative (0 = every retained member), "
+                     f"got {uc.repair_batches}")
+  if uc.repair_schedule not in REPAIR_SCHEDULES:
+    raise ValueError(f"unlearn.repair_schedule must be one of {tuple(REPAIR_SCHEDULES)}, "
+                     f"got {uc.repair_schedule!r}")
+  try:
+    fj_unlearn.check_shrink_perturb(uc.shrink, uc.perturb)
+  except ValueError as e:
+    raise ValueError(f"unlearn.{e}") from None
 
 
 def reference_indices(data: fj_data.ExperimentData, scenario: ml_collections.ConfigDict,
@@ -149,9 +162,29 @@ class Prepared(NamedTuple):
   target_rate: jax.Array
   oracle_threshold: float
   num_reference: int
-  # `unlearn.repair_steps` of fine-tuning on the retained batches after the
-  # loop, `(params, retain) -> (params, losses)`; None when off.
+  # `unlearn.repair_steps` of fine-tuning on retained data after the loop,
+  # `(params, repair_data) -> (params, losses)`; None when off.
   repair: Callable[..., Any] | None = None
+  repair_data: dict[str, Any] | None = None  # stacked [K, B, ...]
+  # The removal step before the repair (forsaken_jax/unlearn/removal.py):
+  # `params -> shrink * params + perturb * fresh`; None when off.
+  shrink_perturb: Callable[[Any], Any] | None = None
+
+
+def _repair_batches(data: fj_data.ExperimentData, seed: int, num_batches: int,
+                    batch_size: int, retain: dict[str, Any]) -> dict[str, Any]:
+  """The repair's data: the loop's retained batches, or every retained member.
+
+  `num_batches` > 0 takes the first that many of the loop's batches
+  (`retain`, stacked `[K, B, ...]`); 0 deals every retained member, shuffled
+  with the seed, into batches of `batch_size` (the last partial one dropped).
+  """
+  if num_batches:
+    return jax.tree.map(lambda x: x[:num_batches], retain)
+  members = np.random.default_rng([seed, 5]).permutation(data.splits.retain)
+  count = len(members) - len(members) % batch_size
+  idx = members[:count].reshape(-1, batch_size)
+  return {"image": data.pool.images[idx], "label": data.pool.labels[idx]}
 
 
 def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -260,26 +293,38 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
       reference = {**reference, "threshold": jnp.asarray(oracle.threshold, jnp.float32)}
     state = forsaken.init(key, original, forget, retain, reference, mask=mask)
     run = compiled_run.result()
-  repair = None
+  repair = repair_data = shrink = None
   if uc.repair_steps:
-    repair = fj_unlearn.make_finetune_loop(model.apply_fn, optax.adam(uc.repair_lr),
+    schedule = REPAIR_SCHEDULES[uc.repair_schedule](uc.repair_lr, uc.repair_steps)
+    repair = fj_unlearn.make_finetune_loop(model.apply_fn, optax.adam(schedule),
                                            num_steps=uc.repair_steps)
+    repair_data = jax.device_put(
+        _repair_batches(data, config.seed, uc.repair_batches, uc.batch_size, retain),
+        parallel.replicated(mesh))
+  if uc.shrink != 1.0 or uc.perturb:
+    fresh = model.init_fn(jax.random.fold_in(jax.random.key(config.seed), 5))
+    shrink = jax.jit(functools.partial(fj_unlearn.shrink_perturb, fresh_params=fresh,
+                                       shrink=uc.shrink, perturb=uc.perturb))
   return Prepared(
       forsaken=forsaken, run=run, state=state, forget=forget, retain=retain, reference=reference,
       threshold=jnp.asarray(oracle.threshold if uc.stop_at_target else -jnp.inf, jnp.float32),
       target_rate=jnp.asarray(target_rate, jnp.float32),
-      oracle_threshold=float(oracle.threshold), num_reference=int(len(ref_idx)), repair=repair)
+      oracle_threshold=float(oracle.threshold), num_reference=int(len(ref_idx)), repair=repair,
+      repair_data=repair_data, shrink_perturb=shrink)
 
 
 def finish(prep: Prepared, state: fj_unlearn.ForsakenState) -> fj_unlearn.ForsakenState:
-  """The finished loop's state with its model repaired on retained data (if configured).
+  """The finished loop's state after the removal step and the repair (each if configured).
 
-  The repair is deterministic (the same retained batches, cycled), so a run
-  interrupted during it and resumed repairs to the same parameters.
+  Both are deterministic (a fresh initialization drawn from the seed; the
+  same retained batches, cycled), so a run interrupted during them and
+  resumed finishes with the same parameters.
   """
-  if prep.repair is None:
-    return state
-  params, _ = prep.repair(state.params, prep.retain)
+  params = state.params
+  if prep.shrink_perturb is not None:
+    params = prep.shrink_perturb(params)
+  if prep.repair is not None:
+    params, _ = prep.repair(params, prep.repair_data)
   return state._replace(params=parallel.block(params))
 
 
@@ -381,6 +426,7 @@ def unlearn(config: ml_collections.ConfigDict, workdir: str,
       "num_forget": int(len(data.splits.forget)), "num_reference": prep.num_reference,
       "setup_seconds": setup_seconds, "mask_fraction": float(uc.mask_fraction),
       "relearn_weight": float(uc.relearn_weight), "repair_steps": int(uc.repair_steps),
+      "shrink": float(uc.shrink), "perturb": float(uc.perturb),
       # Summed over programs; the loop's compilation overlaps the setup's work.
       "compile_seconds": compile_times,
       "generator": uc.generator,

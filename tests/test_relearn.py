@@ -118,6 +118,50 @@ def test_a_model_that_memorized_a_set_relearns_it_faster(toy):
     attack.run(naive, {"image": secret["image"][:3], "label": secret["label"]})
 
 
+def test_the_removal_step_makes_a_memorized_set_relearn_like_an_unseen_one(toy):
+  """Known answer: shrink-and-perturb plus a repair on the other data removes what a
+  suppressing fine-tune leaves behind."""
+  model, secret, other, _ = toy
+  init = model.init_fn(jax.random.key(2))
+  memorized = _train(model.apply_fn, _train(model.apply_fn, init, secret, 300), other, 60)
+  naive = _train(model.apply_fn, init, other, 360)
+  fresh = model.init_fn(jax.random.key(8))
+  shrunk = unlearn.shrink_perturb(memorized, fresh, shrink=0.1, perturb=0.1)
+  repaired = _train(model.apply_fn, shrunk, other, 60)
+  attack = mia.make_relearn_attack(model.apply_fn, optax.adam(1e-3), num_steps=200)
+  curves = attack.run_stacked(mia.stack([memorized, naive, repaired]),
+                              mia.stack([secret, secret, secret]))
+  steps = mia.steps_to_accuracy(curves.accuracy, 0.8)
+  never = np.where(steps < 0, 201, steps)  # not within the budget
+  assert never[0] < never[1] / 2, steps  # the memorized model relearns fast ...
+  assert never[2] >= never[1] / 2, steps  # ... the removed one about as slowly as unseen
+  # The repair wins back the other data.
+  acc = lambda p: float(np.mean(np.argmax(model.apply_fn(p, other["image"]), -1) == other["label"]))
+  assert acc(repaired) >= acc(naive) - 0.1
+
+
+def test_shrink_perturb_arithmetic_and_bad_input(toy):
+  model = toy[0]
+  params, fresh = model.init_fn(jax.random.key(1)), model.init_fn(jax.random.key(2))
+  out = unlearn.shrink_perturb(params, fresh, shrink=0.25, perturb=0.5)
+  for o, p, f in zip(jax.tree.leaves(out), jax.tree.leaves(params), jax.tree.leaves(fresh)):
+    np.testing.assert_allclose(o, 0.25 * p + 0.5 * f, rtol=1e-6)
+    assert o.dtype == p.dtype
+  same = unlearn.shrink_perturb(params, fresh, shrink=1.0, perturb=0.0)
+  for o, p in zip(jax.tree.leaves(same), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(o, p)
+  with pytest.raises(ValueError, match="shrink must be in"):
+    unlearn.shrink_perturb(params, fresh, shrink=0.0, perturb=0.1)
+  with pytest.raises(ValueError, match="perturb must be non-negative"):
+    unlearn.shrink_perturb(params, fresh, shrink=0.5, perturb=-0.1)
+  with pytest.raises(ValueError, match="structure of params"):
+    unlearn.shrink_perturb(params, {"other": 1.0}, shrink=0.5, perturb=0.1)
+  wrong = create_model("mlp", num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE,
+                       hidden=(8,)).init_fn(jax.random.key(0))
+  with pytest.raises(ValueError, match="has shape"):
+    unlearn.shrink_perturb(params, wrong, shrink=0.5, perturb=0.1)
+
+
 # ----------------------------------------------------------------------------- the relearning term
 
 
@@ -227,6 +271,10 @@ def test_relearning_term_bad_input(toy):
 @pytest.mark.parametrize("section,key,value,message", [
     ("unlearn", "relearn_optimizer", "rmsprop", "unlearn.relearn_optimizer"),
     ("unlearn", "repair_steps", -1, "unlearn.repair_steps"),
+    ("unlearn", "repair_batches", -1, "unlearn.repair_batches"),
+    ("unlearn", "repair_schedule", "linear", "unlearn.repair_schedule"),
+    ("unlearn", "shrink", 0.0, "unlearn.shrink must be in"),
+    ("unlearn", "perturb", -1.0, "unlearn.perturb must be non-negative"),
 ])
 def test_main_job_rejects_bad_relearning_choices_before_any_phase(tmp_path, section, key, value,
                                                                   message):

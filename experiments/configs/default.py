@@ -84,10 +84,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.unlearn.relearn_steps = 20
   config.unlearn.relearn_optimizer = "adam"  # "adam" | "sgd"
   config.unlearn.relearn_lr = 1e-3
-  # Fine-tuning steps (Adam) on the retained batches after the generator's
-  # steps, to win back accuracy; 0 = none (the paper).
-  config.unlearn.repair_steps = 0
+  # The removal step after the generator's steps (docs/METHOD.md): the model
+  # becomes shrink * theta + perturb * (a fresh initialization), then
+  # repair_steps of Adam on retained data only win back accuracy.
+  # shrink = 1, perturb = 0, repair_steps = 0: the paper's Forsaken.
+  config.unlearn.shrink = 0.1
+  config.unlearn.perturb = 0.1
+  config.unlearn.repair_steps = 300
   config.unlearn.repair_lr = 1e-3
+  config.unlearn.repair_schedule = "cosine"  # "constant" | "cosine" (decay to 0)
+  config.unlearn.repair_batches = 0  # 0 = every retained member; K = the loop's first K batches
   config.unlearn.mask_fraction = 0.3  # neuron masking: fraction of units the dummy gradient may touch
   config.unlearn.max_steps = 100
   config.unlearn.patience = 20
@@ -125,16 +131,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # experiments.sweep_unlearn: extra rows beyond its standard ablations,
   # name -> overrides of config.unlearn (a scenario adds its own trade-offs).
   config.sweep = ml_collections.ConfigDict()
+  # The relearning-term rows add it to the paper's Forsaken (no removal step).
+  paper = {"shrink": 1.0, "perturb": 0.0, "repair_steps": 0}
   config.sweep.variants = ml_collections.ConfigDict({
-      "relearning term (weight 1000), no stop at the target, 200 steps": {
-          "relearn_weight": 1000.0, "stop_at_target": False, "max_steps": 200},
+      "relearning term (weight 1000), no removal step, no stop at the target, 200 steps": {
+          **paper, "relearn_weight": 1000.0, "stop_at_target": False, "max_steps": 200},
       "relearning term (weight 1000), no stop, 200 steps, then 50 repair steps": {
-          "relearn_weight": 1000.0, "stop_at_target": False, "max_steps": 200,
-          "repair_steps": 50},
-      "relearning term (weight 100), no stop at the target, 200 steps": {
-          "relearn_weight": 100.0, "stop_at_target": False, "max_steps": 200},
-      "relearning term (weight 100, attacker SGD lr 1e-1 x 5), no stop at the target, 200 steps": {
-          "relearn_weight": 100.0, "relearn_optimizer": "sgd", "relearn_lr": 0.1,
+          **paper, "relearn_weight": 1000.0, "stop_at_target": False, "max_steps": 200,
+          "repair_steps": 50, "repair_batches": 10, "repair_schedule": "constant"},
+      "relearning term (weight 100), no removal step, no stop at the target, 200 steps": {
+          **paper, "relearn_weight": 100.0, "stop_at_target": False, "max_steps": 200},
+      "relearning term (weight 100, attacker SGD lr 1e-1 x 5), no removal step, no stop, 200 steps": {
+          **paper, "relearn_weight": 100.0, "relearn_optimizer": "sgd", "relearn_lr": 0.1,
           "relearn_steps": 5, "stop_at_target": False, "max_steps": 200},
       "threshold weight 100": {"threshold_weight": 100.0},
       "threshold weight 1000": {"threshold_weight": 1000.0},

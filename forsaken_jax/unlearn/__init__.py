@@ -27,13 +27,14 @@ from forsaken_jax.unlearn.generators import (
 from forsaken_jax.unlearn.masking import (
     PackedMask, neuron_mask, neuron_mask_capacity, pack_mask, packed_mask_shape, unit_saliency)
 from forsaken_jax.unlearn.methods import METHODS, Unlearner, UnlearnerState, make_method
+from forsaken_jax.unlearn.removal import check_shrink_perturb, shrink_perturb
 from forsaken_jax.unlearn.reference import (
     OBJECTIVES, RELATIVE_OBJECTIVES, compute_reference, objective_distance,
     reference_from_logits)
 from forsaken_jax.unlearn.transform import forsaken_transform
 
 __all__ = [
-    "ACCEPTANCE_RULES", "DENSE_MAX_WEIGHTS", "Features", "Forsaken", "ForsakenState", "GENERATORS",
+    "ACCEPTANCE_RULES", "DENSE_MAX_WEIGHTS", "check_shrink_perturb", "Features", "Forsaken", "ForsakenState", "GENERATORS",
     "Generator", "GeneratorState", "GeneratorUpdate", "METHODS", "OBJECTIVES", "PackedMask",
     "RELATIVE_OBJECTIVES", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_REASONS", "STOP_RUNNING",
     "STOP_TARGET", "UnlearnResult", "Unlearner", "UnlearnerState", "apply_dummy_gradient",
@@ -41,6 +42,7 @@ __all__ = [
     "make_dense_generator", "make_finetune_loop", "make_finetune_step", "make_forsaken",
     "make_generator", "make_generator_update", "make_gradient_ascent_step", "make_method",
     "make_simulated_relearn", "neuron_mask", "neuron_mask_capacity", "objective_distance",
-    "pack_mask", "packed_mask_shape", "reference_from_logits", "summarize", "unit_saliency",
+    "pack_mask", "packed_mask_shape", "reference_from_logits", "shrink_perturb", "summarize",
+    "unit_saliency",
     "unlearn",
 ]
