@@ -37,6 +37,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "removal step: repair only (no shrink, no perturbation)": {"shrink": 1.0, "perturb": 0.0},
     "removal step: shrink without the perturbation": {"perturb": 0.0},
     "removal step: shrink 0.2": {"shrink": 0.2},
+    "removal step: repair from 1e-3": {"repair_lr": 1e-3},
+    "removal step: repair from 3e-3, 500 steps": {"repair_lr": 3e-3, "repair_steps": 500},
     "removal step: repair on the loop's 10 batches at a constant rate": {
         "repair_batches": 10, "repair_schedule": "constant"},
     "objective: static confidence matching": {"objective": "confidence_matching",

@@ -137,7 +137,9 @@ def forget_batch(data: fj_data.ExperimentData, forget: np.ndarray) -> dict[str, 
   return {"image": data.pool.images[forget], "label": data.pool.labels[forget]}
 
 
-def _stacked_retain(data, rng, num_batches, batch_size):
+def stacked_retain(data: fj_data.ExperimentData, rng: np.random.Generator, num_batches: int,
+                   batch_size: int) -> dict[str, np.ndarray]:
+  """The loop's retained batches, stacked `[K, B, ...]`, drawn without replacement."""
   retain = data.splits.retain
   size = min(num_batches * batch_size, len(retain))
   size -= size % batch_size
@@ -171,7 +173,7 @@ class Prepared(NamedTuple):
   shrink_perturb: Callable[[Any], Any] | None = None
 
 
-def _repair_batches(data: fj_data.ExperimentData, seed: int, num_batches: int,
+def repair_batches(data: fj_data.ExperimentData, seed: int, num_batches: int,
                     batch_size: int, retain: dict[str, Any]) -> dict[str, Any]:
   """The repair's data: the loop's retained batches, or every retained member.
 
@@ -218,7 +220,7 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
   model = common.create_model(spec)
   rng = np.random.default_rng([config.seed, 3])
   forget = forget_batch(data, data.splits.forget)
-  retain = _stacked_retain(data, rng, uc.num_retain_batches, uc.batch_size)
+  retain = stacked_retain(data, rng, uc.num_retain_batches, uc.batch_size)
   ref_idx = reference_indices(data, config.scenario, uc.reference_split)
   ref_idx = rng.choice(ref_idx, size=min(len(ref_idx), uc.num_reference), replace=False)
   nonmember = {"image": data.pool.images[ref_idx], "label": data.pool.labels[ref_idx]}
@@ -299,7 +301,7 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
     repair = fj_unlearn.make_finetune_loop(model.apply_fn, optax.adam(schedule),
                                            num_steps=uc.repair_steps)
     repair_data = jax.device_put(
-        _repair_batches(data, config.seed, uc.repair_batches, uc.batch_size, retain),
+        repair_batches(data, config.seed, uc.repair_batches, uc.batch_size, retain),
         parallel.replicated(mesh))
   if uc.shrink != 1.0 or uc.perturb:
     fresh = model.init_fn(jax.random.fold_in(jax.random.key(config.seed), 5))

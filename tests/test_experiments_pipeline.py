@@ -515,10 +515,14 @@ def test_sweep_audits_every_variant_and_writes_only_its_table(run):
   rows = sweep_unlearn.sweep(config, workdir)
   changed = _changed(before, snapshot(workdir))
   assert changed == {os.path.join("sweep", "results.md")}
-  expected = (2 + len(sweep_unlearn.VARIANTS) + 1 + len(sweep_unlearn.GRADIENT_ASCENT_RUNS) + 1)
+  # original, retrained, the variants, the config's own, the removal step
+  # alone, gradient ascent, fine-tuning.
+  expected = (2 + len(sweep_unlearn.VARIANTS) + 1 + 1 + len(sweep_unlearn.GRADIENT_ASCENT_RUNS)
+              + 1)
   assert len(rows) == expected
   extra = rows[2 + len(sweep_unlearn.VARIANTS)]
   assert extra["model"] == "two steps only" and extra["note"].startswith("2 steps")
+  assert rows[3 + len(sweep_unlearn.VARIANTS)]["model"].startswith("the removal step alone")
   # The reference rows agree with the evaluate phase's audit of the same models.
   metrics = run["metrics"]
   original, retrained = rows[0], rows[1]
@@ -529,6 +533,33 @@ def test_sweep_audits_every_variant_and_writes_only_its_table(run):
   with open(os.path.join(workdir, "sweep", "results.md")) as f:
     table = f.read()
   assert table.count("\n") == expected + 2  # header, rule, one line per row
+
+
+def test_removal_probe_relearns_every_reset_and_writes_only_its_outputs(run):
+  from experiments import removal_probe  # pylint: disable=g-import-not-at-top
+  workdir = run["workdir"]
+  before = snapshot(workdir)
+  result = removal_probe.run_probe(run["config"], workdir)
+  changed = _changed(before, snapshot(workdir))
+  assert {os.path.dirname(p) for p in changed} == {"removal_probe"}
+  num_probes = (len(removal_probe.UNIT_FRACTIONS) + len(removal_probe.WEIGHT_FRACTIONS)
+                + len(removal_probe.SHRINKS))
+  (setting,) = result["curves"]
+  curves = result["curves"][setting]
+  assert list(curves)[:3] == ["original", "unlearned", "retrained"]
+  assert len(curves) == 3 + num_probes
+  # The reference rows are the run's models: the original starts where the
+  # evaluate phase measured it.
+  forget_accuracy = run["metrics"]["accuracy"]["original"]["forget"]
+  assert curves["original"]["forget"]["accuracy"][0] == pytest.approx(forget_accuracy, abs=1e-6)
+  # Every probe changed the model (a reset that left it as it was is a wiring bug).
+  assert len({round(c["forget"]["loss"][0], 6) for c in curves.values()}) > num_probes
+  with open(os.path.join(workdir, "removal_probe", "results.md")) as f:
+    assert f.read().count("\n") == len(curves) + 2
+  config = run["config"].copy_and_resolve_references()
+  config.unlearn.repair_steps = 0
+  with pytest.raises(ValueError, match="repair_steps"):
+    removal_probe.run_probe(config, workdir)
 
 
 # --- the unlearning-time benchmark --------------------------------------------------

@@ -91,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.unlearn.shrink = 0.1
   config.unlearn.perturb = 0.1
   config.unlearn.repair_steps = 300
-  config.unlearn.repair_lr = 1e-3
+  config.unlearn.repair_lr = 5e-3
   config.unlearn.repair_schedule = "cosine"  # "constant" | "cosine" (decay to 0)
   config.unlearn.repair_batches = 0  # 0 = every retained member; K = the loop's first K batches
   config.unlearn.mask_fraction = 0.3  # neuron masking: fraction of units the dummy gradient may touch
@@ -164,6 +164,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 100
     config.shadow.num_models = 8
     config.shadow.num_shokri_models = 2
+    config.unlearn.repair_steps = 30
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
   return config

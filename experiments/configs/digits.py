@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.log_every = 50
   config.train.checkpoint_every = 100
   config.evaluate.relearn.steps = 150
+  config.unlearn.repair_steps = 30
   if arg == "runlocal":
     config.train.steps = 30
     config.train.checkpoint_every = 10
@@ -37,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.shadow.num_shokri_models = 2
     config.shadow.checkpoint_every = 10
     config.evaluate.relearn.steps = 40
+    config.unlearn.repair_steps = 5
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
   return config
