@@ -20,10 +20,12 @@ workdir holding a copy of the train phase:
   from the run, and the machine's drift during the session shows in the
   spread of the retrainings (the first one also compiles its train step, a
   fraction of a second);
-* the unlearn phase for `unlearn.fast_compile` False (the default) and True
-  (XLA optimization level 0): once with an empty compilation cache ("first
-  run"), then `--repeats` times with the cache that run filled ("warm
-  cache", median reported);
+* the unlearn phase under each of `--settings` (default: "default" and
+  "fast_compile", i.e. `unlearn.fast_compile` True: XLA optimization level
+  0; "paper": the paper's Forsaken without the removal step, to time what
+  that step costs): once with an empty compilation cache ("first run"),
+  then `--repeats` times with the cache that run filled ("warm cache",
+  median reported);
 * with `--other-workdir`, a finished run of the same config with another
   seed (another model, forget set and mask, same architecture and sizes),
   once with the cache the first run filled ("another forget set").
@@ -49,6 +51,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+
+
+# --settings: name -> overrides of the unlearn phase's config.
+SETTINGS = {
+    "default": [],
+    "fast_compile": ["--config.unlearn.fast_compile=True"],
+    "paper": ["--config.unlearn.shrink=1.0", "--config.unlearn.perturb=0.0",
+              "--config.unlearn.repair_steps=0"],
+}
 
 
 def _run_phase(phase: str, config: str, workdir: str, cache_dir: str, args: list[str]) -> dict:
@@ -86,12 +97,17 @@ def main() -> None:
                       help="retrainings timed, interleaved with the unlearning runs")
   parser.add_argument("--other-workdir", default="",
                       help="a finished run of the same config with another seed")
+  parser.add_argument("--settings", default="default,fast_compile",
+                      help=f"comma-separated unlearn settings to time, of {', '.join(SETTINGS)}")
   args, overrides = parser.parse_known_args()
   unknown = [a for a in overrides if not a.startswith("--config.")]
   if unknown:
     parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   if args.repeats < 1 or args.retrain_repeats < 1:
     parser.error("--repeats and --retrain-repeats must be at least 1")
+  settings = [name.strip() for name in args.settings.split(",") if name.strip()]
+  if not settings or any(name not in SETTINGS for name in settings):
+    parser.error(f"--settings must name some of {', '.join(SETTINGS)}; got {args.settings!r}")
   runs_to_time = [args.workdir] + ([args.other_workdir] if args.other_workdir else [])
   for run in runs_to_time:
     _check_trained(run)
@@ -119,25 +135,25 @@ def main() -> None:
             flush=True)
 
     retrain()
-    for fast_compile in (False, True):
-      cache_dir = os.path.join(scratch, f"cache_{fast_compile}")
+    for setting in settings:
+      cache_dir = os.path.join(scratch, f"cache_{setting}")
       once = lambda run, extra=(): _run_phase(
           "unlearn", args.config, workdirs[run], cache_dir,
-          [f"--config.unlearn.fast_compile={fast_compile}", *overrides, *extra])
+          [*SETTINGS[setting], *overrides, *extra])
       timed = [("first run", args.workdir, [once(args.workdir)]),
                ("warm cache", args.workdir, [once(args.workdir) for _ in range(args.repeats)])]
       if args.other_workdir:
         timed.append(("another forget set", args.other_workdir,
                       [once(args.other_workdir, other_overrides)]))
       for label, run, results in timed:
-        rows.append((fast_compile, label, run,
+        rows.append((setting, label, run,
                      statistics.median(r["setup_seconds"] for r in results),
                      statistics.median(r["unlearn_seconds"] for r in results),
                      statistics.median(r["compile_seconds"]["xla_compiling"] for r in results),
                      statistics.median(r["compile_seconds"]["tracing"]
                                        + r["compile_seconds"]["lowering"] for r in results),
                      results[0]["steps"]))
-        print(f"fast_compile={fast_compile} {label}: {rows[-1][4]:.2f} s", flush=True)
+        print(f"{setting} {label}: {rows[-1][4]:.2f} s", flush=True)
       if len(retrainings) < args.retrain_repeats:
         retrain()
     while len(retrainings) < args.retrain_repeats:
@@ -150,13 +166,13 @@ def main() -> None:
   print(f"retraining {args.workdir}'s model in this session, {len(retrain_seconds)} runs: "
         f"{', '.join(f'{t:.2f}' for t in retrain_seconds)} s; median {baseline:.2f} s "
         f"(XLA compilation in them: {', '.join(f'{t:.2f}' for t in retrain_compile)} s)")
-  print("\n| unlearn.fast_compile | compilation cache | run | setup s | unlearning s "
+  print("\n| setting | compilation cache | run | setup s | unlearning s "
         "| XLA compiling or cache loading s | tracing + lowering s | steps "
         "| share of the median retraining "
         "(range) |")
   print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-  for fast_compile, label, run, setup, total, compiling, tracing, steps in rows:
-    print(f"| {fast_compile} | {label} | {run} | {setup:.2f} | {total:.2f} | {compiling:.2f} "
+  for setting, label, run, setup, total, compiling, tracing, steps in rows:
+    print(f"| {setting} | {label} | {run} | {setup:.2f} | {total:.2f} | {compiling:.2f} "
           f"| {tracing:.2f} | {steps} "
           f"| {100 * total / baseline:.1f}% ({100 * total / max(retrain_seconds):.1f}-"
           f"{100 * total / min(retrain_seconds):.1f}%) |")

@@ -279,6 +279,38 @@ def plot_relearn(out_dir: str, relearn: Mapping[str, Any],
   return _save(fig, out_dir, name)
 
 
+def plot_tradeoff(out_dir: str, rows: list[Mapping[str, Any]], *, budget: int,
+                  name: str = "tradeoff.png") -> str:
+  """Relearning resistance against wall time, one point per model of a sweep.
+
+  Args:
+    out_dir: where to write the plot.
+    rows: dicts with `model`, `seconds` (None: not timed) and `relearn` (a
+      relearning summary per set, or None); rows without both are skipped.
+    budget: the attack's step budget; a set not relearned within it is drawn
+      at the budget, marked with an upward arrow.
+    name: the file name.
+
+  Returns:
+    The path written.
+  """
+  fig, ax = plt.subplots(figsize=(7.5, 5.2))
+  for r in rows:
+    rl = r.get("relearn")
+    if r.get("seconds") is None or not rl:
+      continue
+    steps = rl["forget"].get("steps_to_80")
+    y = budget if steps is None else steps
+    ax.scatter(r["seconds"], y, marker="^" if steps is None else "o", s=28)
+    ax.annotate(r["model"][:48], (r["seconds"], y), fontsize=6, xytext=(3, 2),
+                textcoords="offset points")
+  ax.set(xscale="log", xlabel="wall seconds (unlearning; training for original and retrained)",
+         ylabel="relearning: steps to 80% forget-set accuracy",
+         title="relearning resistance against time (triangle: not within the budget)")
+  fig.tight_layout()
+  return _save(fig, out_dir, name)
+
+
 def _save(fig, out_dir: str, name: str) -> str:
   fig.savefig(os.path.join(out_dir, name), dpi=110)
   plt.close(fig)

@@ -5,12 +5,14 @@ r"""Ablations of the unlearning step on a finished run, audited side by side.
 Reads the run's train, shadow and retrain phases (read-only), runs Forsaken
 once per variant below (each a set of overrides of the config's `unlearn`
 section), then once per entry of the config's `sweep.variants` (a scenario's
-own trade-offs), plus two baselines, applies the evaluate phase's oracles
-(fitted once on the original model) and the relearning attack (the first
-setting of `evaluate.relearn`) to every result, and prints one table,
-also written to `<workdir>/sweep/results.md`. This is where the choices
-documented in docs/METHOD.md are measured against the alternatives, including
-the public port's defaults. Writes nothing else.
+own trade-offs), plus the removal step alone and two baselines, applies the
+evaluate phase's oracles (fitted once on the original model) and the
+relearning attack (the first setting of `evaluate.relearn`) to every result,
+and prints one table, also written to `<workdir>/sweep/results.md`, with a
+plot of each row's relearning resistance against its wall time
+(`sweep/tradeoff.png`). This is where the choices documented in
+docs/METHOD.md are measured against the alternatives, including the public
+port's defaults. Writes nothing else.
 """
 
 import os
@@ -159,6 +161,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
     os.makedirs(os.path.join(workdir, "sweep"), exist_ok=True)
     with open(os.path.join(workdir, "sweep", "results.md"), "w") as f:
       f.write(table + "\n")
+    report.plot_tradeoff(os.path.join(workdir, "sweep"), rows,
+                         budget=config.evaluate.relearn.steps)
   return rows
 
 

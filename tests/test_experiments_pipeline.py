@@ -514,7 +514,7 @@ def test_sweep_audits_every_variant_and_writes_only_its_table(run):
   before = snapshot(workdir)
   rows = sweep_unlearn.sweep(config, workdir)
   changed = _changed(before, snapshot(workdir))
-  assert changed == {os.path.join("sweep", "results.md")}
+  assert changed == {os.path.join("sweep", "results.md"), os.path.join("sweep", "tradeoff.png")}
   # original, retrained, the variants, the config's own, the removal step
   # alone, gradient ascent, fine-tuning.
   expected = (2 + len(sweep_unlearn.VARIANTS) + 1 + 1 + len(sweep_unlearn.GRADIENT_ASCENT_RUNS)
@@ -579,9 +579,10 @@ def test_bench_unlearn_times_both_settings_without_touching_the_run(run):
   assert result.returncode == 0, result.stderr[-3000:]
   assert _changed(before, snapshot(run["workdir"])) == set()
   rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
-          if line.startswith("| True") or line.startswith("| False")]
+          if line.startswith("| default") or line.startswith("| fast_compile")]
   assert [(r[0].strip(), r[1].strip()) for r in rows] == [
-      ("False", "first run"), ("False", "warm cache"), ("True", "first run"), ("True", "warm cache")]
+      ("default", "first run"), ("default", "warm cache"), ("fast_compile", "first run"),
+      ("fast_compile", "warm cache")]
   for row in rows:
     assert row[2].strip() == run["workdir"]
     assert float(row[4]) > 0 and int(row[7]) == UNLEARN_STEPS
@@ -609,6 +610,11 @@ def test_bench_unlearn_times_both_settings_without_touching_the_run(run):
        "--other-workdir", run["workdir"]], cwd=REPO_ROOT, capture_output=True, text=True,
       timeout=120, check=False)
   assert same.returncode != 0 and "it must be a run with another seed" in same.stderr
+  unknown = subprocess.run(
+      [sys.executable, "-m", "experiments.bench_unlearn", "--workdir", run["workdir"],
+       "--settings", "default,turbo"], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=120, check=False)
+  assert unknown.returncode != 0 and "--settings must name some of" in unknown.stderr
 
 
 # --- the spread of retraining -------------------------------------------------------
