@@ -140,6 +140,18 @@ def test_the_removal_step_makes_a_memorized_set_relearn_like_an_unseen_one(toy):
   assert acc(repaired) >= acc(naive) - 0.1
 
 
+def test_the_repair_compiles_once_for_every_request_of_a_size(toy):
+  model, a, b, _ = toy
+  repair = unlearn.make_finetune_loop(model.apply_fn, optax.adam(
+      optax.cosine_decay_schedule(5e-3, 7)), num_steps=7)
+  stack = lambda batch: jax.tree.map(lambda x: x.reshape(2, -1, *x.shape[1:]), batch)
+  first, losses_a = repair(model.init_fn(jax.random.key(1)), stack(a))
+  second, _ = repair(model.init_fn(jax.random.key(2)), stack(b))
+  assert repair._cache_size() == 1
+  assert losses_a.shape == (7,) and bool(jnp.all(jnp.isfinite(losses_a)))
+  assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(second)))
+
+
 def test_shrink_perturb_arithmetic_and_bad_input(toy):
   model = toy[0]
   params, fresh = model.init_fn(jax.random.key(1)), model.init_fn(jax.random.key(2))
