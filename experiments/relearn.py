@@ -118,24 +118,37 @@ def relearn_audit(config: ml_collections.ConfigDict, data: fj_data.ExperimentDat
   return out
 
 
-def run_relearn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Audits every model of a run with the relearning attack (module docstring)."""
-  data, _ = common.load_upstream_data(config, workdir)
-  model = common.create_model(common.model_spec(config, data))
+def run_models(config: ml_collections.ConfigDict, workdir: str,
+               data: fj_data.ExperimentData) -> dict[str, Any]:
+  """The models of a run: the original, and the unlearned and retrained ones whose
+  phases have run (`report.MODEL_PHASES` names and order), as host parameters."""
   models = {}
   for name, phase in report.MODEL_PHASES.items():
     if name != "original" and not os.path.isdir(common.checkpoint_dir(workdir, phase)):
       continue
     models[name], _ = common.load_phase_params(config, workdir, phase, data)
+  return models
+
+
+def test_accuracies(apply_fn: Any, models: Mapping[str, Any],
+                    data: fj_data.ExperimentData) -> dict[str, float]:
+  """Each model's accuracy on the run's test examples."""
+  mesh = parallel.make_mesh()
+  predict = train.make_predict_fn(apply_fn, mesh)
+  test = data.test_examples
+  return {name: train.evaluate(predict, parallel.replicate(p, mesh), test.images,
+                               test.labels)["accuracy"]
+          for name, p in models.items()}
+
+
+def run_relearn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Audits every model of a run with the relearning attack (module docstring)."""
+  data, _ = common.load_upstream_data(config, workdir)
+  model = common.create_model(common.model_spec(config, data))
+  models = run_models(config, workdir, data)
   result = relearn_audit(config, data, model.apply_fn, models)
   # What each model keeps, beside what it lets come back.
-  mesh = parallel.make_mesh()
-  predict = train.make_predict_fn(model.apply_fn, mesh)
-  test = data.test_examples
-  result["test_accuracy"] = {
-      name: train.evaluate(predict, parallel.replicate(p, mesh), test.images,
-                           test.labels)["accuracy"]
-      for name, p in models.items()}
+  result["test_accuracy"] = test_accuracies(model.apply_fn, models, data)
   table = report.relearn_table(result)
   common.log(table)
   common.log("test accuracy: " + ", ".join(

@@ -33,7 +33,7 @@ import optax
 
 from experiments import cli, common, relearn, report
 from experiments import unlearn as unlearn_phase
-from forsaken_jax import losses, parallel, train
+from forsaken_jax import losses, parallel
 from forsaken_jax import unlearn as fj_unlearn
 
 UNIT_FRACTIONS = (0.1, 0.3, 0.5)
@@ -104,11 +104,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     raise ValueError("the probes repair with unlearn.repair_steps, which is 0")
   data, _ = common.load_upstream_data(config, workdir)
   model = common.create_model(common.model_spec(config, data))
-  models = {}
-  for name, phase in report.MODEL_PHASES.items():
-    if name != "original" and not os.path.isdir(common.checkpoint_dir(workdir, phase)):
-      continue
-    models[name], _ = common.load_phase_params(config, workdir, phase, data)
+  models = relearn.run_models(config, workdir, data)
   fresh = jax.device_get(model.init_fn(jax.random.fold_in(jax.random.key(config.seed), 5)))
   schedule = unlearn_phase.REPAIR_SCHEDULES[uc.repair_schedule](uc.repair_lr, uc.repair_steps)
   repair = fj_unlearn.make_finetune_loop(model.apply_fn, optax.adam(schedule),
@@ -125,13 +121,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   bar.close()
   first = next(iter(config.evaluate.relearn.settings))
   result = relearn.relearn_audit(config, data, model.apply_fn, models, settings=[first])
-  mesh = parallel.make_mesh()
-  predict = train.make_predict_fn(model.apply_fn, mesh)
-  test = data.test_examples
-  result["test_accuracy"] = {
-      name: train.evaluate(predict, parallel.replicate(p, mesh), test.images,
-                           test.labels)["accuracy"]
-      for name, p in models.items()}
+  result["test_accuracy"] = relearn.test_accuracies(model.apply_fn, models, data)
   table = probe_table(result, first)
   common.log(table)
   if common.is_main_process():
