@@ -64,6 +64,54 @@ def test_scale_update():
     fl.elimination_request(0, update, weight=0.0, scaling="none")
 
 
+def _removal_round(other_updates):
+  """One round's aggregate when the owner (slot 0) submits its removal-step update."""
+  rng = np.random.default_rng(0)
+  theta = {"w": rng.normal(size=(4, 5)).astype(np.float32), "b": np.arange(5, dtype=np.float32)}
+  delta = jax.tree.map(lambda p: 0.01 * np.sin(p + 1.0), theta)
+  fresh = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), theta)
+  weights = jnp.array([30.0, 50.0, 20.0])
+  submitted = fl.scale_update(
+      fl.removal_update(theta, delta, fresh, shrink=0.1, perturb=0.2), scaling="inverse_share",
+      weight=float(weights[0]), total_weight=float(weights.sum()))
+  stacked = jax.tree.map(lambda s, o: np.concatenate([np.asarray(s)[None], o]), submitted,
+                         other_updates)
+  mean = fl.weighted_mean(stacked, weights)  # secure aggregation gives it too (test_secure_agg)
+  target = jax.tree.map(lambda p, d, f: 0.1 * (p + d) + 0.2 * f, theta, delta, fresh)  # numpy
+  return fl.apply_update(theta, mean), target, weights
+
+
+def test_removal_update_lands_on_the_shrunk_perturbed_model():
+  zeros = {"w": np.zeros((2, 4, 5), np.float32), "b": np.zeros((2, 5), np.float32)}
+  aggregate, target, _ = _removal_round(zeros)
+  jax.tree.map(lambda a, t: np.testing.assert_allclose(a, t, atol=1e-6), aggregate, target)
+  # The other clients' updates move the aggregate off the target by their weighted
+  # sum over the round's total weight, (1 - w_u / W) times their weighted mean.
+  others = {"w": np.stack([np.full((4, 5), 0.3), np.full((4, 5), -0.1)]).astype(np.float32),
+            "b": np.stack([np.arange(5.0), np.ones(5)]).astype(np.float32)}
+  aggregate, target, weights = _removal_round(others)
+  share = weights[1:] / weights.sum()
+  for name in ("w", "b"):
+    deviation = np.tensordot(share, others[name], axes=1)
+    np.testing.assert_allclose(aggregate[name] - target[name], deviation, atol=1e-5)
+  np.testing.assert_allclose(aggregate["w"] - target["w"], 0.7 * (50 * 0.3 - 20 * 0.1) / 70,
+                             atol=1e-5)
+
+
+def test_removal_update_off_and_bad_input():
+  theta = {"w": np.linspace(-1.0, 1.0, 6, dtype=np.float32)}
+  delta = {"w": np.full(6, 0.05, np.float32)}
+  fresh = {"w": np.ones(6, np.float32)}
+  off = fl.removal_update(theta, delta, fresh, shrink=1.0, perturb=0.0)
+  np.testing.assert_allclose(off["w"], delta["w"], atol=1e-7)
+  with pytest.raises(ValueError, match="shrink must be in"):
+    fl.removal_update(theta, delta, fresh, shrink=0.0, perturb=0.1)
+  with pytest.raises(ValueError, match="fresh_params leaf"):
+    fl.removal_update(theta, delta, {"w": np.ones(5, np.float32)}, shrink=0.1, perturb=0.1)
+  with pytest.raises(ValueError, match="update must have the structure"):
+    fl.removal_update(theta, {"v": delta["w"]}, fresh, shrink=0.1, perturb=0.1)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

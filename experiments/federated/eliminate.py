@@ -10,10 +10,15 @@ never uploaded), trains its generator locally (`federated.elimination_update`,
 the library's defaults except those in `eliminate.forsaken`) and submits the
 dummy update, scaled as `eliminate.scaling` says
 (`federated.elimination_request`), as its client update in one normal round
-of the federation, masked like every other update. Then
+of the federation, masked like every other update. With the removal step
+(`eliminate.removal_shrink` < 1 or `eliminate.removal_perturb` > 0) the
+submission also carries Forsaken's shrink-and-perturb
+(`federated.removal_update`, theta_fresh drawn from the owner's own key), so
+that the round lands the global model near
+`removal_shrink * theta' + removal_perturb * theta_fresh`. Then
 `eliminate.extra_rounds` ordinary rounds of the remaining federation follow
 (the federation without D_u: for request "private" the owner keeps taking
-part with its other data).
+part with its other data); after the removal step they are its repair.
 
 Writes `<workdir>/eliminate/checkpoints` (the global model, the model right
 after the request round, per-round test accuracy and wall time; the request's
@@ -47,17 +52,33 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
           for k, v in info.items() if k not in ("accepted_trace",)}
 
 
-def elimination(fed: fedlib.Federation, params: Any) -> tuple[federated.EliminationResult, float]:
-  """The owner's dummy update for the configured request, and its wall time."""
+def removal_on(config: ml_collections.ConfigDict) -> bool:
+  """Whether the owner's submission carries the removal step."""
+  ec = config.eliminate
+  return ec.removal_shrink != 1.0 or ec.removal_perturb != 0.0
+
+
+def elimination(fed: fedlib.Federation,
+                params: Any) -> tuple[federated.EliminationResult, Any, float]:
+  """The owner's dummy update, the update it submits (before scaling), and their wall time."""
   ec = fed.config.eliminate
   req = fedlib.request_data(fed)
   start = time.perf_counter()
+  key = fedlib.phase_key(fed.config, "eliminate")
   result = federated.elimination_update(
       fed.model.apply_fn, params, _batch(fed, req.forget), _batch(fed, req.retain),
-      _batch(fed, req.reference), key=fedlib.phase_key(fed.config, "eliminate"),
-      **ec.forsaken.to_dict())
-  parallel.block((result.update, result.params))
-  return result, time.perf_counter() - start
+      _batch(fed, req.reference), key=key, **ec.forsaken.to_dict())
+  submitted = result.update
+  if removal_on(fed.config):
+    fresh = fed.model.init_fn(jax.random.fold_in(key, 1))
+    submitted = federated.removal_update(params, result.update, fresh,
+                                         shrink=ec.removal_shrink, perturb=ec.removal_perturb)
+  parallel.block((result.update, result.params, submitted))
+  return result, submitted, time.perf_counter() - start
+
+
+def _norm(tree: Any) -> float:
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(u))) for u in jax.tree.leaves(tree))))
 
 
 def eliminate(config: ml_collections.ConfigDict, workdir: str,
@@ -88,12 +109,10 @@ def eliminate(config: ml_collections.ConfigDict, workdir: str,
   owner_weight = float(fed.partition.sizes[fed.owner])
   if int(state["round"]) == 0:
     with common.compile_time_meter() as compile_times:
-      result, request_seconds = elimination(fed, original)
+      result, update, request_seconds = elimination(fed, original)
     info = {**_jsonable(result.info), "request_seconds": request_seconds,
-            "compile_seconds": dict(compile_times),
-            "update_norm": float(np.sqrt(sum(np.sum(np.square(np.asarray(u)))
-                                             for u in jax.tree.leaves(result.update))))}
-    update = result.update
+            "compile_seconds": dict(compile_times), "update_norm": _norm(result.update),
+            "submitted_norm": _norm(update)}
   else:
     info, update = checkpoints.read_meta(manager)["elimination"], None
     common.log(f"[{PHASE}] the request round is done (in {manager.directory}); "
@@ -121,10 +140,13 @@ def eliminate(config: ml_collections.ConfigDict, workdir: str,
   round_seconds = np.asarray(state["round_seconds"], np.float64)
   summary = {
       "phase": PHASE, "request": ec.request, "scaling": ec.scaling,
+      "removal_shrink": float(ec.removal_shrink), "removal_perturb": float(ec.removal_perturb),
       "rounds": int(num_rounds), "extra_rounds": int(ec.extra_rounds),
       "generator_steps": info["steps"], "accepted_steps": info["accepted"],
       "stop_reason": info["stop_reason"], "oracle_threshold": info["oracle_threshold"],
       "target_rate": info["target_rate"], "update_norm": info["update_norm"],
+      # Before the scaling: the dummy update plus the removal step's move, if any.
+      "submitted_norm": info.get("submitted_norm", info["update_norm"]),
       "owner_weight": owner_weight, "total_weight": info.get("total_weight"),
       "request_seconds": info["request_seconds"],
       "request_round_seconds": float(round_seconds[0]),
@@ -134,8 +156,11 @@ def eliminate(config: ml_collections.ConfigDict, workdir: str,
       "test_accuracy_per_round": np.asarray(state["test_accuracy"]).tolist(),
       "test_accuracy": float(state["test_accuracy"][-1]),
   }
-  common.log(f"[{PHASE}] request {ec.request!r} ({ec.scaling}): {info['steps']} generator steps "
-             f"({info['stop_reason']}) in {info['request_seconds']:.2f} s, request round "
+  removal = (f", removal step (shrink {ec.removal_shrink}, perturb {ec.removal_perturb})"
+             if removal_on(config) else "")
+  common.log(f"[{PHASE}] request {ec.request!r} ({ec.scaling}{removal}): {info['steps']} "
+             f"generator steps ({info['stop_reason']}) in {info['request_seconds']:.2f} s, "
+             f"request round "
              f"{round_seconds[0]:.2f} s, then {ec.extra_rounds} rounds; test accuracy "
              f"{summary['test_accuracy']:.4f}")
   return fedlib.write_summary(workdir, PHASE, summary)

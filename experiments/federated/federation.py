@@ -99,6 +99,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f"{ec.scaling!r}")
   if ec.extra_rounds < 0:
     raise ValueError(f"eliminate.extra_rounds must be non-negative, got {ec.extra_rounds}")
+  # The removal step; 1 and 0 (off) where a config predates it.
+  shrink, perturb = ec.get("removal_shrink", 1.0), ec.get("removal_perturb", 0.0)
+  if not 0.0 < shrink <= 1.0 or not perturb >= 0.0:
+    raise ValueError(f"eliminate.removal_shrink must be in (0, 1] and removal_perturb "
+                     f"non-negative (1 and 0: off), got {shrink!r} and {perturb!r}")
 
 
 def build_data(config: ml_collections.ConfigDict) -> fj_data.ExperimentData:

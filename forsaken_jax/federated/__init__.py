@@ -27,7 +27,7 @@ from forsaken_jax.federated.clients import (
     sample_clients)
 from forsaken_jax.federated.eliminate import (
     REQUESTS, SCALINGS, EliminationResult, RequestData, elimination_request, elimination_update,
-    request_indices, scale_update)
+    removal_update, request_indices, scale_update)
 from forsaken_jax.federated.fedavg import (
     CLIENT_AXIS, ClientOverride, FedAvg, apply_update, client_mesh, make_fedavg, weighted_mean)
 from forsaken_jax.federated.partition import (
@@ -43,6 +43,7 @@ __all__ = [
     "elimination_update", "epoch_order", "fed_eraser_calibrate", "fed_eraser_step",
     "gather_client_data", "iid_partition", "label_skew", "make_fedavg", "make_local_train",
     "make_projected_gradient_ascent", "num_examples", "pga_radius", "pga_reference",
-    "private_data_partition", "request_indices", "sample_clients", "scale_update", "secure_agg",
-    "secure_sum", "secure_weighted_mean", "tree_bytes", "validate_partition", "weighted_mean",
+    "private_data_partition", "removal_update", "request_indices", "sample_clients",
+    "scale_update", "secure_agg", "secure_sum", "secure_weighted_mean", "tree_bytes",
+    "validate_partition", "weighted_mean",
 ]

@@ -20,10 +20,17 @@ how the user compensates (docs/FEDERATED.md discusses the options):
 "inverse_share" multiplies by `W / w_u`, so the dummy update reaches the
 global model at full strength; "none" submits it as is (diluted).
 
+The removal step (`removal_update`, optional) adds Forsaken's
+shrink-and-perturb to the submission, so that the aggregate lands on
+`shrink * theta' + perturb * theta_fresh` instead of theta'; the ordinary
+rounds that follow, without the eliminated data, are its repair.
+
   req = request_indices(partition.client(u), private=photos, holdout=held_out)
   result = elimination_update(apply_fn, params, batch(req.forget), batch(req.retain),
                               batch(req.reference), key=key)
-  submitted = scale_update(result.update, scaling="inverse_share",
+  fresh = model.init_fn(own_key)  # optional: the removal step
+  delta = removal_update(params, result.update, fresh, shrink=0.1, perturb=0.1)
+  submitted = scale_update(delta, scaling="inverse_share",
                            weight=w_u, total_weight=W)
   params, _ = fedavg.round(params, data, round_key,
                            override=ClientOverride(u, submitted, w_u))
@@ -49,7 +56,7 @@ SCALINGS = ("none", "inverse_share")
 Batch = dict[str, Any]
 
 __all__ = ["EliminationResult", "REQUESTS", "RequestData", "SCALINGS", "elimination_request",
-           "elimination_update", "request_indices", "scale_update"]
+           "elimination_update", "removal_update", "request_indices", "scale_update"]
 
 
 class RequestData(NamedTuple):
@@ -205,6 +212,53 @@ def elimination_update(apply_fn: ApplyFn, global_params: Params, forget_batch: B
   info = {**unlearn.summarize(state), "oracle_threshold": float(oracle.threshold),
           "target_rate": float(target_rate)}
   return EliminationResult(update, state.params, info)
+
+
+def removal_update(global_params: Params, update: Params, fresh_params: Params, *,
+                   shrink: float, perturb: float) -> Params:
+  """The dummy update with Forsaken's removal step: the move to the shrunk, perturbed model.
+
+  The target of the request round is the removal step applied to the user's
+  locally unlearned model theta' = theta + Delta
+  (`unlearn.shrink_perturb`):
+
+      theta'' = shrink * (theta + Delta) + perturb * theta_fresh,
+
+  and the returned update is `theta'' - theta`. Submitted through
+  `scale_update(..., scaling="inverse_share", weight=w_u, total_weight=W)`,
+  i.e. as `u_u = (W / w_u) (theta'' - theta)`, the server's weighted FedAvg
+  step `theta + sum_k (w_k / W) u_k` gives
+
+      theta + (theta'' - theta) + sum_{k != u} (w_k / W) u_k
+        = theta'' + (1 - w_u / W) * mean_{k != u}(u_k),
+
+  the mean weighted by the other sampled clients' w_k: the global model lands
+  on theta'' exactly when the other clients' updates of the round are zero,
+  and off it by their weighted mean scaled by their share of the round's
+  weight otherwise. The user cannot see those updates (secure aggregation),
+  so it cannot cancel them; they are training steps from theta on data
+  without D_u, and the ordinary rounds that follow (without D_u) are the
+  removal step's repair. With scaling "none" the model moves by
+  `w_u / W` of the update instead: a diluted removal step.
+  `shrink=1, perturb=0` returns `update` up to rounding (no removal step).
+
+  Args:
+    global_params: theta, the global model the request starts from.
+    update: the dummy update Delta (`EliminationResult.update`).
+    fresh_params: theta_fresh, a fresh draw of the model's initialization
+      (the user's own key; same structure and shapes).
+    shrink: in (0, 1]; 1 keeps the weights' scale.
+    perturb: non-negative weight of theta_fresh.
+
+  Returns:
+    `theta'' - theta`, in the dtypes of `global_params`.
+  """
+  if jax.tree.structure(update) != jax.tree.structure(global_params):
+    raise ValueError(f"update must have the structure of global_params; got "
+                     f"{jax.tree.structure(update)}, expected {jax.tree.structure(global_params)}")
+  unlearned = jax.tree.map(lambda p, d: p + d.astype(p.dtype), global_params, update)
+  target = unlearn.shrink_perturb(unlearned, fresh_params, shrink=shrink, perturb=perturb)
+  return jax.tree.map(lambda t, p: t - p, target, global_params)
 
 
 def scale_update(update: Params, *, scaling: str, weight: float,

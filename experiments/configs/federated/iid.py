@@ -82,6 +82,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eliminate.request = "private"  # "private" (the photos) | "all" (the whole contribution)
   config.eliminate.scaling = "inverse_share"  # "inverse_share" | "none"
   config.eliminate.extra_rounds = 2  # ordinary rounds of the remaining federation afterwards
+  # The removal step (federated.removal_update): the request round lands the
+  # global model near removal_shrink * theta' + removal_perturb * theta_fresh,
+  # and the extra rounds are its repair. 1 and 0: off (the paper's Forsaken);
+  # configs/federated/removal.py turns it on.
+  config.eliminate.removal_shrink = 1.0
+  config.eliminate.removal_perturb = 0.0
   # No early stop before max_steps (patience = max_steps): on a label-skewed
   # federation the generator's loss falls for tens of steps before a first
   # step is accepted.
