@@ -22,7 +22,10 @@ NUM_STEPS = 6  # steps of the contract test
 SPLIT = 2  # the contract's resume point
 # Hyperparameters the contract runs each method with: the paper's, plus what a
 # method cannot default (l1-sparse's decay horizon).
-CONTRACT_KWARGS = {"l1_sparse": {"num_steps": NUM_STEPS}}
+CONTRACT_KWARGS = {"l1_sparse": {"num_steps": NUM_STEPS},
+                   "shrink_perturb": {"init_fn": create_model(
+                       "mlp", num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE,
+                       hidden=(32,)).init_fn}}
 
 
 def _batch(x, y):
@@ -221,6 +224,28 @@ def test_bad_hyperparameters(toy, name, kwargs, match):
   apply_fn, *_ = toy
   with pytest.raises(ValueError, match=match):
     methods.make_method(name, apply_fn, **kwargs)
+
+
+def test_shrink_perturb_starts_from_the_reset_model_and_forgets(toy):
+  apply_fn, params, forget, retain = toy
+  init_fn = CONTRACT_KWARGS["shrink_perturb"]["init_fn"]
+  method = methods.make_method("shrink_perturb", apply_fn, init_fn=init_fn, shrink=0.5,
+                               perturb=0.25)
+  key = jax.random.key(3)
+  state = method.init(params, forget, retain, key)
+  fresh = init_fn(jax.random.split(key)[1])
+  for got, p, f in zip(jax.tree.leaves(state.params), jax.tree.leaves(params),
+                       jax.tree.leaves(fresh)):
+    np.testing.assert_allclose(got, 0.5 * p + 0.25 * f, rtol=1e-6, atol=1e-7)
+  # The default step removes the memorized noise and keeps the blobs.
+  method = methods.make_method("shrink_perturb", apply_fn, init_fn=init_fn)
+  rng = np.random.default_rng(2)
+  retain_batches = _stacked(retain, rng, 100, 32)
+  state = method.run(method.init(params, None, retain, key), None, retain_batches)
+  assert _accuracy(apply_fn, state.params, retain) > 0.9
+  assert _accuracy(apply_fn, state.params, forget) <= 0.5  # memorized: 1.0
+  with pytest.raises(ValueError, match="shrink must be in"):
+    methods.make_method("shrink_perturb", apply_fn, init_fn=init_fn, shrink=1.5)
 
 
 def test_salun_mask_too_small_for_the_model(toy):

@@ -33,6 +33,9 @@ retained data, CE the cross-entropy (`loss_fn`):
 - `scrub` (SCRUB): teacher = theta_0; during the first `max_steps` steps a max
   update ascends KL(teacher || student) on D_f, then every step a min update
   descends gamma * CE(D_r) + alpha * KL(teacher || student) on D_r.
+- `shrink_perturb`: Forsaken's removal step without the dummy gradient:
+  `init` sets theta = shrink * theta_0 + perturb * theta_fresh (a fresh draw
+  of `init_fn`), then descend CE(D_r) (the repair).
 
 Defaults are each paper's (CIFAR-10 ResNet-18 recipes; see
 docs/METHOD.md, "Baseline unlearning methods"): the default optimizer is
@@ -59,6 +62,7 @@ import optax
 
 from forsaken_jax import losses
 from forsaken_jax.unlearn.reference import check_batch
+from forsaken_jax.unlearn.removal import check_shrink_perturb, shrink_perturb
 
 Params = Any
 Batch = dict[str, jax.Array]
@@ -74,6 +78,7 @@ PAPER_LR = {
     "l1_sparse": 1e-2,
     "salun": 1.3e-2,
     "scrub": 5e-4,
+    "shrink_perturb": 5e-3,  # the removal step's repair (Adam), docs/METHOD.md
 }
 PAPER_MOMENTUM = 0.9
 PAPER_WEIGHT_DECAY = 5e-4
@@ -81,7 +86,8 @@ PAPER_WEIGHT_DECAY = 5e-4
 __all__ = [
     "METHODS", "PAPER_LR", "Unlearner", "UnlearnerState", "make_finetune",
     "make_gradient_ascent", "make_l1_sparse", "make_method", "make_neggrad_plus",
-    "make_random_labels", "make_salun", "make_scrub", "paper_adam", "paper_sgd",
+    "make_random_labels", "make_salun", "make_scrub", "make_shrink_perturb", "paper_adam",
+    "paper_sgd",
     "random_wrong_labels", "saliency_mask",
 ]
 
@@ -275,9 +281,14 @@ def _build(name: str, apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
            update: Callable[[UnlearnerState, Batch | None, Batch | None],
                             tuple[Params, Any, Metrics]],
            uses_forget: bool = True, uses_retain: bool = True,
-           init_extras: Callable[[Params, Batch | None, Batch | None], dict] | None = None
+           init_extras: Callable[[Params, Batch | None, Batch | None], dict] | None = None,
+           init_params: Callable[[Params, jax.Array], Params] | None = None
            ) -> Unlearner:
-  """An `Unlearner` around `update(state, forget, retain) -> (params, opt_state, metrics)`."""
+  """An `Unlearner` around `update(state, forget, retain) -> (params, opt_state, metrics)`.
+
+  `init_params(params, key)`, when given, replaces the starting parameters
+  (before the optimizer state is built from them).
+  """
   classes_cache: dict[Any, int] = {}
 
   def num_classes(params, batch, stacked_dims):
@@ -323,6 +334,7 @@ def _build(name: str, apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
 
   jitted_step, jitted_run = jax.jit(one_step), jax.jit(run_all)
   jitted_extras = None if init_extras is None else jax.jit(init_extras)
+  jitted_init_params = None if init_params is None else jax.jit(init_params)
 
   def check_state(state):
     if not isinstance(state, UnlearnerState):
@@ -331,8 +343,11 @@ def _build(name: str, apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
   def init(params, forget, retain, key):
     forget_used, retain_used = checked(params, forget, retain, mode="init")
     extras = {} if jitted_extras is None else jitted_extras(params, forget_used, retain_used)
+    key = _key_data(key)
+    if jitted_init_params is not None:
+      params = jitted_init_params(params, key)
     return UnlearnerState(params=params, opt_state=tx.init(params),
-                          step=jnp.zeros((), jnp.int32), key=_key_data(key), extras=extras)
+                          step=jnp.zeros((), jnp.int32), key=key, extras=extras)
 
   def step(state, forget_batch, retain_batch):
     check_state(state)
@@ -715,6 +730,55 @@ def make_scrub(apply_fn: ApplyFn, *, max_steps: int = 3, alpha: float = 0.5, gam
   return _build("scrub", apply_fn, tx, update=update, init_extras=init_extras)
 
 
+def make_shrink_perturb(apply_fn: ApplyFn, *, init_fn: Callable[[jax.Array], Params],
+                        shrink: float = 0.1, perturb: float = 0.1,
+                        lr: float = PAPER_LR["shrink_perturb"],
+                        tx: optax.GradientTransformation | None = None,
+                        loss_fn: losses.LossFn = losses.cross_entropy) -> Unlearner:
+  """Shrink-and-perturb, then fine-tune on the retained data: Forsaken's removal step alone.
+
+  `init` replaces the model by `shrink * theta_0 + perturb * theta_fresh`,
+  theta_fresh = `init_fn` of a key split off the method's key (a fresh
+  initialization of the same model); every step then descends CE(D_r), the repair. The unlearn
+  phase runs the same step after the dummy gradient (docs/METHOD.md).
+
+  Args:
+    apply_fn: `(params, images) -> logits`.
+    init_fn: `(key) -> params`, the model's initializer.
+    shrink: in (0, 1].
+    perturb: non-negative.
+    lr: learning rate of the default optimizer (Adam, the removal step's).
+    tx: the optimizer instead of the default (e.g. with the removal step's
+      cosine decay over its steps).
+    loss_fn: per-example loss.
+
+  Returns:
+    An `Unlearner`; metrics `loss` (= `retain_loss`).
+
+  References:
+    Ash & Adams, "On Warm-Starting Neural Network Training", NeurIPS 2020,
+    https://arxiv.org/abs/1910.08475 (shrink and perturb).
+  """
+  check_shrink_perturb(shrink, perturb)
+  tx = _optimizer("shrink_perturb", tx, lr, optax.adam)
+
+  def reset(params, key):
+    fresh = init_fn(jax.random.split(jax.random.wrap_key_data(key))[1])
+    return shrink_perturb(params, fresh, shrink=shrink, perturb=perturb)
+
+  def update(state, forget, retain):
+    del forget
+
+    def objective(p):
+      loss = _mean_loss(loss_fn, apply_fn(p, retain["image"]), retain["label"])
+      return loss, {"retain_loss": loss}
+
+    return _descend(tx, objective, state.params, state.opt_state)
+
+  return _build("shrink_perturb", apply_fn, tx, update=update, uses_forget=False,
+                init_params=reset)
+
+
 METHODS: dict[str, Callable[..., Unlearner]] = {
     "finetune": make_finetune,
     "gradient_ascent": make_gradient_ascent,
@@ -723,6 +787,7 @@ METHODS: dict[str, Callable[..., Unlearner]] = {
     "l1_sparse": make_l1_sparse,
     "salun": make_salun,
     "scrub": make_scrub,
+    "shrink_perturb": make_shrink_perturb,
 }
 
 
