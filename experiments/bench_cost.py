@@ -228,9 +228,12 @@ def baseline_request(config: ml_collections.ConfigDict, name: str, data: fj_data
   method_config = config.bench.methods[name]
   steps = int(method_config.steps)
   kwargs = method_config.get("kwargs", ml_collections.ConfigDict()).to_dict()
-  if name == "l1_sparse":
+  model = common.create_model(spec)
+  if name in ("l1_sparse", "shrink_perturb"):  # their schedules span the request
     kwargs.setdefault("num_steps", steps)
-  method = fj_unlearn.make_method(name, common.create_model(spec).apply_fn, **kwargs)
+  if name == "shrink_perturb":
+    kwargs.setdefault("init_fn", model.init_fn)
+  method = fj_unlearn.make_method(name, model.apply_fn, **kwargs)
   forget = jax.device_put(unlearn_phase.forget_batch(data, data.splits.forget))
   retain_idx = data.splits.retain
   batch_size = min(config.unlearn.batch_size, len(retain_idx))

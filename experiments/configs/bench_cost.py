@@ -55,11 +55,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # and keyword arguments for `make_method` (empty: the paper's optimizer and
   # learning rate). Retained batches have `unlearn.batch_size` examples; the
   # forget set is one batch. Fine-tuning and l1-sparse get the removal step's
-  # repair budget, gradient ascent the Forsaken loop's.
+  # repair budget, gradient ascent the Forsaken loop's; shrink_perturb is the
+  # removal step alone (its repair's steps and schedule).
   config.bench.methods = ml_collections.ConfigDict({
       "finetune": {"steps": 300, "kwargs": {}},
       "gradient_ascent": {"steps": 100, "kwargs": {}},
       "l1_sparse": {"steps": 300, "kwargs": {}},
+      "shrink_perturb": {"steps": 300, "kwargs": {}},
   })
   config.train.progress = True
 

@@ -731,7 +731,7 @@ def make_scrub(apply_fn: ApplyFn, *, max_steps: int = 3, alpha: float = 0.5, gam
 
 
 def make_shrink_perturb(apply_fn: ApplyFn, *, init_fn: Callable[[jax.Array], Params],
-                        shrink: float = 0.1, perturb: float = 0.1,
+                        shrink: float = 0.1, perturb: float = 0.1, num_steps: int | None = None,
                         lr: float = PAPER_LR["shrink_perturb"],
                         tx: optax.GradientTransformation | None = None,
                         loss_fn: losses.LossFn = losses.cross_entropy) -> Unlearner:
@@ -747,6 +747,8 @@ def make_shrink_perturb(apply_fn: ApplyFn, *, init_fn: Callable[[jax.Array], Par
     init_fn: `(key) -> params`, the model's initializer.
     shrink: in (0, 1].
     perturb: non-negative.
+    num_steps: given, the default optimizer's rate decays from `lr` to 0 on a
+      cosine over that many steps, as the removal step's repair does.
     lr: learning rate of the default optimizer (Adam, the removal step's).
     tx: the optimizer instead of the default (e.g. with the removal step's
       cosine decay over its steps).
@@ -760,7 +762,10 @@ def make_shrink_perturb(apply_fn: ApplyFn, *, init_fn: Callable[[jax.Array], Par
     https://arxiv.org/abs/1910.08475 (shrink and perturb).
   """
   check_shrink_perturb(shrink, perturb)
-  tx = _optimizer("shrink_perturb", tx, lr, optax.adam)
+  if num_steps is not None and (isinstance(num_steps, bool) or num_steps < 1):
+    raise ValueError(f"num_steps must be a positive integer or None, got {num_steps!r}")
+  tx = _optimizer("shrink_perturb", tx, lr, lambda rate: optax.adam(
+      rate if num_steps is None else optax.cosine_decay_schedule(rate, num_steps)))
 
   def reset(params, key):
     fresh = init_fn(jax.random.split(jax.random.wrap_key_data(key))[1])
