@@ -2,8 +2,10 @@
 
 One model is trained on scikit-learn's 8x8 digits with 20 inserted photo
 patches (`experiments/configs/digits.py`, 300 steps), then unlearned by the
-unlearn phase with the experiments' default unlearning settings. The tests
-check that the forget set is measurably forgotten while the rest is kept,
+unlearn phase with the experiments' default unlearning settings and with the
+paper's Forsaken (no removal step). The tests check that the forget set is
+measurably forgotten while the rest is kept, that the default's forgetting
+survives a relearning attack the paper's does not,
 that the phases refuse checkpoints and data that are not theirs, that a
 resume may change only logging and checkpoint periods, that a run whose every
 step is non-finite fails, and that the stored neuron mask is the one used.
@@ -14,6 +16,7 @@ import shutil
 
 import jax
 import numpy as np
+import optax
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -52,6 +55,9 @@ def _assert_same_params(a, b):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 
+PAPER = {"shrink": 1.0, "perturb": 0.0, "repair_steps": 0}  # the paper's Forsaken
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """Train, then unlearn through the phases, keeping what the unlearn phase prepared."""
@@ -70,10 +76,62 @@ def run(tmp_path_factory):
           "apply_fn": jax.jit(model.apply_fn)}
 
 
+@pytest.fixture(scope="module")
+def paper_run(run, tmp_path_factory):
+  """The same trained model unlearned by the paper's Forsaken (no removal step)."""
+  workdir = _copy_train(run, tmp_path_factory.mktemp("paper"))
+  config = run["config"].copy_and_resolve_references()
+  config.unlearn.update(PAPER)
+  with pytest.MonkeyPatch.context() as mp:
+    prepared = record_returns(mp, unlearn_phase, "prepare")
+    summary = unlearn_phase.unlearn(config, workdir)
+  unlearned, _ = common.load_phase_params(config, workdir, "unlearn", run["data"])
+  return {**run, "workdir": workdir, "config": config, "summary": summary,
+          "prepared": prepared[0], "unlearned": unlearned}
+
+
+def _forget_relearn_steps(apply_fn, models, sets):
+  """Steps of full-batch Adam 1e-3 fine-tuning to 80% accuracy on each set (300: not reached)."""
+  attack = mia.make_relearn_attack(apply_fn, optax.adam(1e-3), num_steps=300)
+  curves = attack.run_stacked(mia.stack(models), mia.stack(sets))
+  steps = mia.steps_to_accuracy(curves.accuracy, 0.8)
+  return np.where(steps < 0, 300, steps)
+
+
 # --- the default path forgets -----------------------------------------------------
 
 
-def test_default_unlearning_forgets_the_photos_and_keeps_the_rest(run):
+def test_default_unlearning_removes_the_photos_and_keeps_the_test_accuracy(run, paper_run):
+  """With the removal step the photos are forgotten and do not come back quickly."""
+  data, prep, apply_fn = run["data"], run["prepared"], run["apply_fn"]
+  original, unlearned, paper = run["original"], run["unlearned"], paper_run["unlearned"]
+  unseen = data.splits.nonmembers[data.is_ood[data.splits.nonmembers]]
+  look_alikes = {"image": data.pool.images[unseen], "label": data.pool.labels[unseen]}
+  test = {"image": data.test_examples.images, "label": data.test_examples.labels}
+
+  def accuracy(params, batch):
+    return float(np.mean(np.asarray(apply_fn(params, batch["image"])).argmax(-1)
+                         == np.asarray(batch["label"])))
+
+  def auc(params):
+    f, n = (np.asarray(mia.logit_scaled_confidence(apply_fn(params, b["image"]), b["label"]))
+            for b in (prep.forget, look_alikes))
+    return roc_auc_score(np.r_[np.ones(f.size), np.zeros(n.size)], np.r_[f, n])
+
+  assert auc(unlearned) < auc(original) - 0.1, (auc(original), auc(unlearned))
+  assert accuracy(unlearned, prep.forget) <= 0.5 * accuracy(original, prep.forget)
+  assert accuracy(unlearned, test) >= accuracy(original, test) - 0.03
+  # Removal, not suppression: fine-tuned on the photos alone, the default
+  # model takes at least twice as long as the original to relearn them, and no
+  # less than the paper's Forsaken. (This small model memorizes them only
+  # partly, so the gap to the paper's is narrow here; RESULTS.md, section 8,
+  # measures it on the default scenario.)
+  steps = _forget_relearn_steps(apply_fn, [unlearned, paper, original], [prep.forget] * 3)
+  assert steps[0] >= 2 * steps[2] and steps[0] >= steps[1], steps
+
+
+def test_the_papers_forsaken_forgets_the_photos_and_keeps_the_rest(paper_run):
+  run = paper_run
   data, prep, apply_fn = run["data"], run["prepared"], run["apply_fn"]
   original, unlearned = run["original"], run["unlearned"]
   # Unseen photos the unlearner never saw: the audit's look-alikes.
@@ -126,7 +184,9 @@ def test_default_unlearning_forgets_the_photos_and_keeps_the_rest(run):
 # --- the stored neuron mask ---------------------------------------------------------
 
 
-def test_unlearn_checkpoint_stores_the_neuron_mask_it_used(run):
+def test_unlearn_checkpoint_stores_the_neuron_mask_it_used(paper_run):
+  """The mask of the generator's loop (the paper's Forsaken: no removal step after it)."""
+  run = paper_run
   config, prep, original = run["config"], run["prepared"], run["original"]
   used = prep.state.mask
   assert isinstance(used, fj_unlearn.PackedMask)

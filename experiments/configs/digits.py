@@ -30,7 +30,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.log_every = 50
   config.train.checkpoint_every = 100
   config.evaluate.relearn.steps = 150
-  config.unlearn.repair_steps = 30
   if arg == "runlocal":
     config.train.steps = 30
     config.train.checkpoint_every = 10
