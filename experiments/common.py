@@ -371,6 +371,24 @@ def run_steps(*, phase: str, state: Any, step_fn: Callable, make_batch: Callable
 # ----------------------------------------------------------------------------- phases
 
 
+def run_phases(phases: Iterable[tuple[str, Callable[[Any, str], Any]]],
+               config: ml_collections.ConfigDict, workdir: str, *, name: str = "pipeline") -> Any:
+  """Runs `(phase name, phase function)` pairs in order, announcing each.
+
+  Returns:
+    The last phase's result.
+  """
+  phases = tuple(phases)
+  start = time.perf_counter()
+  results = None
+  for index, (phase, phase_fn) in enumerate(phases, 1):
+    log(f"\n== phase {index}/{len(phases)}: {phase} ==")
+    results = phase_fn(config, workdir)
+  log(f"\n{name} finished in {time.perf_counter() - start:.0f} s; "
+      f"report: {os.path.join(workdir, 'evaluate', 'report.md')}")
+  return results
+
+
 def checkpoint_dir(workdir: str, phase: str) -> str:
   """Where a phase keeps its Orbax checkpoints: `<workdir>/<phase>/checkpoints`."""
   return os.path.join(workdir, phase, "checkpoints")

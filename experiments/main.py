@@ -10,8 +10,6 @@ Ends by printing the audit's summary table (also in
 `<workdir>/evaluate/report.md`).
 """
 
-import os
-import time
 
 import ml_collections
 
@@ -27,17 +25,10 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Choices that later phases read fail here, not after the first phases ran.
   unlearn_phase.check_config(config)
   relearn.check_config(config)
-  start = time.perf_counter()
   phases = (("train", train_phase.train_and_evaluate), ("shadow", shadow_phase.train_shadows),
             ("unlearn", unlearn_phase.unlearn), ("retrain", retrain_phase.retrain),
             ("evaluate", evaluate_phase.evaluate))
-  results = None
-  for index, (name, phase_fn) in enumerate(phases, 1):
-    common.log(f"\n== phase {index}/{len(phases)}: {name} ==")
-    results = phase_fn(config, workdir)
-  common.log(f"\npipeline finished in {time.perf_counter() - start:.0f} s; "
-             f"report: {os.path.join(workdir, 'evaluate', 'report.md')}")
-  return results
+  return common.run_phases(phases, config, workdir)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from experiments import cli, common, relearn, report
 from experiments import unlearn as unlearn_phase
@@ -72,12 +71,14 @@ def top_weights(saliency: Any, fraction: float) -> Any:
 
 
 def probes(config: ml_collections.ConfigDict, data: Any, apply_fn: Callable, original: Any,
-           fresh: Any) -> dict[str, Any]:
-  """name -> the reset original model, before the repair."""
+           fresh: Any, retain: dict[str, Any]) -> dict[str, Any]:
+  """name -> the reset original model, before the repair.
+
+  `retain` are the unlearn phase's retained batches (`stacked_retain`), the
+  saliencies' retained data.
+  """
   uc = config.unlearn
-  rng = np.random.default_rng([config.seed, 3])
   forget = unlearn_phase.forget_batch(data, data.splits.forget)
-  retain = unlearn_phase.stacked_retain(data, rng, uc.num_retain_batches, uc.batch_size)
   reset = lambda p, mask: jax.tree.map(lambda a, m, f: np.where(m, f, a), p, mask, fresh)
   out = {}
   unit_scores = jax.jit(lambda p: fj_unlearn.unit_saliency(
@@ -105,15 +106,14 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   data, _ = common.load_upstream_data(config, workdir)
   model = common.create_model(common.model_spec(config, data))
   models = relearn.run_models(config, workdir, data)
-  fresh = jax.device_get(model.init_fn(jax.random.fold_in(jax.random.key(config.seed), 5)))
-  schedule = unlearn_phase.REPAIR_SCHEDULES[uc.repair_schedule](uc.repair_lr, uc.repair_steps)
-  repair = fj_unlearn.make_finetune_loop(model.apply_fn, optax.adam(schedule),
-                                         num_steps=uc.repair_steps)
+  fresh = jax.device_get(unlearn_phase.fresh_params(config, model))
+  repair = unlearn_phase.make_repair(config, model.apply_fn)
+  # The unlearn phase's draws: its loop's retained batches, and its repair's.
   rng = np.random.default_rng([config.seed, 3])
   loop_batches = unlearn_phase.stacked_retain(data, rng, uc.num_retain_batches, uc.batch_size)
   repair_data = unlearn_phase.repair_batches(data, config.seed, uc.repair_batches,
                                               uc.batch_size, loop_batches)
-  reset = probes(config, data, model.apply_fn, models["original"], fresh)
+  reset = probes(config, data, model.apply_fn, models["original"], fresh, loop_batches)
   bar = common.progress(len(reset), desc="probes", enabled=config.train.get("progress", True))
   for name, params in reset.items():
     models[name] = jax.device_get(parallel.block(repair(params, repair_data)[0]))

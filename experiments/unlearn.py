@@ -189,6 +189,23 @@ def repair_batches(data: fj_data.ExperimentData, seed: int, num_batches: int,
   return {"image": data.pool.images[idx], "label": data.pool.labels[idx]}
 
 
+def make_repair(config: ml_collections.ConfigDict, apply_fn: Any) -> Callable[..., Any]:
+  """The removal step's repair: `unlearn.repair_steps` of Adam on retained batches.
+
+  Returns:
+    `make_finetune_loop`'s `(params, batches) -> (params, losses)`, its rate
+    following `unlearn.repair_schedule` from `unlearn.repair_lr`.
+  """
+  uc = config.unlearn
+  schedule = REPAIR_SCHEDULES[uc.repair_schedule](uc.repair_lr, uc.repair_steps)
+  return fj_unlearn.make_finetune_loop(apply_fn, optax.adam(schedule), num_steps=uc.repair_steps)
+
+
+def fresh_params(config: ml_collections.ConfigDict, model: Any) -> Any:
+  """The removal step's fresh initialization of the model, drawn from the seed."""
+  return model.init_fn(jax.random.fold_in(jax.random.key(config.seed), 5))
+
+
 def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
   """ShapeDtypeStructs of `tree`'s leaves, placed with `sharding`."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
@@ -297,15 +314,13 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
     run = compiled_run.result()
   repair = repair_data = shrink = None
   if uc.repair_steps:
-    schedule = REPAIR_SCHEDULES[uc.repair_schedule](uc.repair_lr, uc.repair_steps)
-    repair = fj_unlearn.make_finetune_loop(model.apply_fn, optax.adam(schedule),
-                                           num_steps=uc.repair_steps)
+    repair = make_repair(config, model.apply_fn)
     repair_data = jax.device_put(
         repair_batches(data, config.seed, uc.repair_batches, uc.batch_size, retain),
         parallel.replicated(mesh))
   if uc.shrink != 1.0 or uc.perturb:
-    fresh = model.init_fn(jax.random.fold_in(jax.random.key(config.seed), 5))
-    shrink = jax.jit(functools.partial(fj_unlearn.shrink_perturb, fresh_params=fresh,
+    shrink = jax.jit(functools.partial(fj_unlearn.shrink_perturb,
+                                       fresh_params=fresh_params(config, model),
                                        shrink=uc.shrink, perturb=uc.perturb))
   return Prepared(
       forsaken=forsaken, run=run, state=state, forget=forget, retain=retain, reference=reference,

@@ -10,8 +10,6 @@ after an interruption continues where it stopped and skips finished phases.
 Ends by printing the audit's table (also in `<workdir>/evaluate/report.md`).
 """
 
-import os
-import time
 from typing import Any
 
 import ml_collections
@@ -31,14 +29,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   fedlib.check_config(config)
   baselines.check_config(config)
   relearn.check_config(config)
-  start = time.perf_counter()
-  results = None
-  for index, (name, phase_fn) in enumerate(PHASES, 1):
-    common.log(f"\n== phase {index}/{len(PHASES)}: {name} ==")
-    results = phase_fn(config, workdir)
-  common.log(f"\nfederated pipeline finished in {time.perf_counter() - start:.0f} s; "
-             f"report: {os.path.join(workdir, 'evaluate', 'report.md')}")
-  return results
+  return common.run_phases(PHASES, config, workdir, name="federated pipeline")
 
 
 if __name__ == "__main__":
