@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from forsaken_jax import losses
 from forsaken_jax.models import create_model
@@ -219,6 +220,12 @@ def test_make_method_names_the_known_methods(toy):
     ("scrub", {"max_steps": -1}, "max_steps must be a non-negative integer"),
     ("scrub", {"alpha": -0.5}, "alpha must be non-negative"),
     ("scrub", {"gamma": float("nan")}, "gamma must be non-negative"),
+    ("boundary_shrink", {"eps": 0.0}, "eps must be positive and finite"),
+    ("boundary_shrink", {"eps": float("inf")}, "eps must be positive and finite"),
+    ("boundary_shrink", {"clip": (1.0, 0.0)}, r"clip must be None or \(low, high\)"),
+    ("influence_unlearning", {"alpha": 0.0}, "alpha must be positive"),
+    ("influence_unlearning", {"damping": -1.0}, "damping must be positive"),
+    ("influence_unlearning", {"alpha": float("inf")}, "alpha and damping must be finite"),
 ])
 def test_bad_hyperparameters(toy, name, kwargs, match):
   apply_fn, *_ = toy
@@ -402,3 +409,56 @@ def test_scrub_max_step_raises_the_forget_kl(toy):
   retain_kl = _forget_kl(apply_fn, params, ran.params, retain)
   assert forget_kl > 4 * retain_kl, (forget_kl, retain_kl)
   assert _loss(apply_fn, ran.params, retain) < 0.05
+
+
+def test_boundary_shrink_trains_towards_the_nearest_wrong_class(toy):
+  apply_fn, params, forget, _ = toy
+  eps = 0.5  # the toy's inputs span [-3, 3], not [0, 1]
+  nearest, flipped = methods.nearest_wrong_labels(apply_fn, params, forget["image"],
+                                                  forget["label"], eps=eps, clip=None)
+  nearest, flipped, labels = np.asarray(nearest), np.asarray(flipped), np.asarray(forget["label"])
+  assert nearest.dtype == labels.dtype and np.all(nearest != labels)
+  assert 0 < flipped.sum() < len(labels)  # both the attacked label and the runner-up fallback
+  # Flipped: the class of x_adv = x + eps * sign(grad_x CE); otherwise x_adv's runner-up.
+  grad_x = jax.grad(lambda x: losses.cross_entropy(apply_fn(params, x), forget["label"]).sum())(
+      forget["image"])
+  adv_logits = np.asarray(apply_fn(params, forget["image"] + eps * jnp.sign(grad_x)))
+  np.testing.assert_array_equal(flipped, adv_logits.argmax(-1) != labels)
+  np.testing.assert_array_equal(nearest[flipped], adv_logits.argmax(-1)[flipped])
+  np.testing.assert_array_equal(nearest[~flipped], np.argsort(adv_logits, -1)[~flipped, -2])
+
+  # The paper's lr (1e-5) is for 10 ResNet epochs; 20 toy steps need a larger one.
+  method = methods.make_method("boundary_shrink", apply_fn, eps=eps, clip=None, lr=1e-2)
+  state = method.init(params, forget, None, jax.random.key(0))
+  for _ in range(20):
+    state, metrics = method.step(state, forget, None)
+    np.testing.assert_allclose(float(metrics["attack_flip_rate"]), flipped.mean())  # theta_0's
+  _assert_trees_equal(state.extras["theta_0"], params)
+  predicted = np.asarray(apply_fn(state.params, forget["image"]).argmax(-1))
+  assert _accuracy(apply_fn, params, forget) == 1.0
+  assert np.mean(predicted == labels) <= 0.5
+  assert np.mean(predicted == nearest) >= 0.5  # moved to the labels it trained on
+
+
+def test_influence_unlearning_is_a_newton_step_that_raises_the_forget_loss(toy):
+  apply_fn, params, forget, retain = toy
+  rng = np.random.default_rng(5)
+  grads, vector = rng.normal(size=(5, 7)), rng.normal(size=7)
+  dense = np.linalg.solve(0.3 * np.eye(7) + grads.T @ grads / 5, vector)
+  solved = methods.fisher_inverse_product(jnp.asarray(grads, jnp.float32),
+                                          jnp.asarray(vector, jnp.float32), damping=0.3)
+  np.testing.assert_allclose(solved, dense, rtol=1e-4, atol=1e-5)
+
+  # One step on the MLP against the dense solve from hand-written per-example gradients.
+  sub = _take(retain, slice(0, 16))
+  method = methods.make_method("influence_unlearning", apply_fn, alpha=1.0, damping=0.1)
+  state, _ = method.step(method.init(params, forget, sub, jax.random.key(0)), forget, sub)
+  per_example = np.stack([ravel_pytree(mlp_grads(params, _take(sub, slice(i, i + 1))))[0]
+                          for i in range(16)])
+  v = 8 / (8 + 16) * (ravel_pytree(mlp_grads(params, forget))[0] - per_example.mean(0))
+  fisher = 0.1 * np.eye(v.size) + per_example.T @ per_example / 16
+  moved = np.asarray(ravel_pytree(state.params)[0] - ravel_pytree(params)[0], np.float64)
+  np.testing.assert_allclose(moved, np.linalg.solve(fisher, v), rtol=1e-3, atol=1e-5)
+  # It unlearns: the forget loss rises far (0.03 to about 7) and the blobs stay classified.
+  assert _loss(apply_fn, state.params, forget) > 10 * _loss(apply_fn, params, forget)
+  assert _accuracy(apply_fn, state.params, retain) > 0.9

@@ -26,7 +26,8 @@ from forsaken_jax.unlearn.generators import (
     make_dense_generator, make_generator)
 from forsaken_jax.unlearn.masking import (
     PackedMask, neuron_mask, neuron_mask_capacity, pack_mask, packed_mask_shape, unit_saliency)
-from forsaken_jax.unlearn.methods import METHODS, Unlearner, UnlearnerState, make_method
+from forsaken_jax.unlearn.methods import (
+    METHODS, Unlearner, UnlearnerState, fisher_inverse_product, make_method, nearest_wrong_labels)
 from forsaken_jax.unlearn.removal import check_shrink_perturb, shrink_perturb
 from forsaken_jax.unlearn.reference import (
     OBJECTIVES, RELATIVE_OBJECTIVES, compute_reference, objective_distance,
@@ -38,11 +39,12 @@ __all__ = [
     "Generator", "GeneratorState", "GeneratorUpdate", "METHODS", "OBJECTIVES", "PackedMask",
     "RELATIVE_OBJECTIVES", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_REASONS", "STOP_RUNNING",
     "STOP_TARGET", "UnlearnResult", "Unlearner", "UnlearnerState", "apply_dummy_gradient",
-    "compute_reference", "forsaken_transform", "make_coordinatewise_generator",
-    "make_dense_generator", "make_finetune_loop", "make_finetune_step", "make_forsaken",
-    "make_generator", "make_generator_update", "make_gradient_ascent_step", "make_method",
-    "make_simulated_relearn", "neuron_mask", "neuron_mask_capacity", "objective_distance",
-    "pack_mask", "packed_mask_shape", "reference_from_logits", "shrink_perturb", "summarize",
+    "compute_reference", "fisher_inverse_product", "forsaken_transform",
+    "make_coordinatewise_generator", "make_dense_generator", "make_finetune_loop",
+    "make_finetune_step", "make_forsaken", "make_generator", "make_generator_update",
+    "make_gradient_ascent_step", "make_method", "make_simulated_relearn", "nearest_wrong_labels",
+    "neuron_mask", "neuron_mask_capacity", "objective_distance", "pack_mask", "packed_mask_shape",
+    "reference_from_logits", "shrink_perturb", "summarize",
     "unit_saliency",
     "unlearn",
 ]

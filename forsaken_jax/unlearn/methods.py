@@ -36,19 +36,27 @@ retained data, CE the cross-entropy (`loss_fn`):
 - `shrink_perturb`: Forsaken's removal step without the dummy gradient:
   `init` sets theta = shrink * theta_0 + perturb * theta_fresh (a fresh draw
   of `init_fn`), then descend CE(D_r) (the repair).
+- `boundary_shrink` (Boundary Shrink): descend CE(D_f, y_near), y_near the
+  wrong class theta_0 gives an FGSM neighbour of each forget example
+  (`nearest_wrong_labels`; theta_0 is kept in the state).
+- `influence_unlearning` (IU): theta += alpha * H^-1 v, v the forget
+  gradient weighted against the retained one, H the damped empirical Fisher
+  of the retained batch, solved exactly (`fisher_inverse_product`).
 
 Defaults are each paper's (CIFAR-10 ResNet-18 recipes; see
 docs/METHOD.md, "Baseline unlearning methods"): the default optimizer is
 torch-style SGD (momentum 0.9, weight decay 5e-4 added to the gradient) at
-`PAPER_LR[name]`, Adam with the same weight decay for SCRUB. Pass `tx` for any
-other optimizer (then leave `lr` alone). A small problem needs its own
+`PAPER_LR[name]`, Adam with the same weight decay for SCRUB, SGD with
+momentum and no weight decay for Boundary Shrink (its code's), and plain SGD
+at lr 1 for IU (its step is set by `alpha`). Pass `tx` for any other
+optimizer (then leave `lr` alone). A small problem needs its own
 learning rate and step count, chosen on a validation split.
 
 Batches are `{"image": [B, ...], "label": [B]}`. A method ignores a batch it
-does not use (FT and l1-sparse never read the forget batch, GA never the
-retained one), which may then be None; any batch given is checked: empty
-batches, image/label count mismatches, non-integer labels and labels outside
-the model's classes raise ValueError (the label range is checked when the
+does not use (FT and l1-sparse never read the forget batch, GA and Boundary
+Shrink never the retained one), which may then be None; any batch given is
+checked: empty batches, image/label count mismatches, non-integer labels and
+labels outside the model's classes raise ValueError (the label range is checked when the
 labels are concrete, i.e. not when `step` is itself traced inside a caller's
 `jax.jit`).
 """
@@ -59,6 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from forsaken_jax import losses
 from forsaken_jax.unlearn.reference import check_batch
@@ -79,16 +88,18 @@ PAPER_LR = {
     "salun": 1.3e-2,
     "scrub": 5e-4,
     "shrink_perturb": 5e-3,  # the removal step's repair (Adam), docs/METHOD.md
+    "boundary_shrink": 1e-5,  # Chen et al.'s code: SGD, momentum 0.9, no weight decay
+    "influence_unlearning": 1.0,  # plain SGD applying alpha * H^-1 v as it is
 }
 PAPER_MOMENTUM = 0.9
 PAPER_WEIGHT_DECAY = 5e-4
 
 __all__ = [
-    "METHODS", "PAPER_LR", "Unlearner", "UnlearnerState", "make_finetune",
-    "make_gradient_ascent", "make_l1_sparse", "make_method", "make_neggrad_plus",
-    "make_random_labels", "make_salun", "make_scrub", "make_shrink_perturb", "paper_adam",
-    "paper_sgd",
-    "random_wrong_labels", "saliency_mask",
+    "METHODS", "PAPER_LR", "Unlearner", "UnlearnerState", "fisher_inverse_product",
+    "make_boundary_shrink", "make_finetune", "make_gradient_ascent",
+    "make_influence_unlearning", "make_l1_sparse", "make_method", "make_neggrad_plus",
+    "make_random_labels", "make_salun", "make_scrub", "make_shrink_perturb",
+    "nearest_wrong_labels", "paper_adam", "paper_sgd", "random_wrong_labels", "saliency_mask",
 ]
 
 
@@ -102,7 +113,7 @@ class UnlearnerState(NamedTuple):
     key: `uint32` raw key data (`jax.random.key_data`) of the method's PRNG
       key; step t draws from `fold_in(key, t)`.
     extras: the method's own arrays (`{}` for most; SalUn: `{"theta_0",
-      "mask"}`; SCRUB: `{"teacher"}`).
+      "mask"}`; SCRUB: `{"teacher"}`; Boundary Shrink: `{"theta_0"}`).
   """
 
   params: Params
@@ -782,6 +793,209 @@ def make_shrink_perturb(apply_fn: ApplyFn, *, init_fn: Callable[[jax.Array], Par
                 uses_forget=False, init_params=reset)
 
 
+def nearest_wrong_labels(apply_fn: ApplyFn, params: Params, images: jax.Array,
+                         labels: jax.Array, *, eps: float,
+                         clip: tuple[float, float] | None = (0.0, 1.0),
+                         loss_fn: losses.LossFn = losses.cross_entropy
+                         ) -> tuple[jax.Array, jax.Array]:
+  """Boundary Shrink's neighbour search: the nearest wrong class of each example.
+
+  An untargeted FGSM step on `params`, `x_adv = clip(x + eps * sign(grad_x
+  CE(x, y)))`, and the class `params` gives `x_adv` among the classes other
+  than y: the class `x_adv` is classified as when the attack flips the
+  prediction, otherwise the runner-up class at `x_adv`.
+
+  Args:
+    apply_fn: `(params, images) -> logits`.
+    params: the model attacked (Boundary Shrink: theta_0).
+    images: `[B, ...]`.
+    labels: `[B]` true labels.
+    eps: the FGSM step (L-infinity), in the images' units.
+    clip: `(low, high)` the images' range, or None for no clipping.
+    loss_fn: per-example loss the attack ascends.
+
+  Returns:
+    `(nearest, flipped)`: `[B]` wrong labels of `labels`' dtype, and `[B]`
+    bool, whether the attack changed the prediction to a wrong class.
+  """
+  grad_x = jax.grad(lambda x: jnp.sum(loss_fn(apply_fn(params, x), labels)))(images)
+  adv = images + eps * jnp.sign(grad_x)
+  if clip is not None:
+    adv = jnp.clip(adv, clip[0], clip[1])
+  logits = apply_fn(params, jax.lax.stop_gradient(adv))
+  true = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
+  nearest = jnp.argmax(jnp.where(true, -jnp.inf, logits), axis=-1).astype(labels.dtype)
+  return nearest, jnp.argmax(logits, axis=-1) != labels
+
+
+def make_boundary_shrink(apply_fn: ApplyFn, *, eps: float = 0.1,
+                         clip: tuple[float, float] | None = (0.0, 1.0),
+                         lr: float = PAPER_LR["boundary_shrink"],
+                         tx: optax.GradientTransformation | None = None,
+                         loss_fn: losses.LossFn = losses.cross_entropy) -> Unlearner:
+  """Boundary Shrink: fine-tune D_f towards each example's nearest wrong class.
+
+  Each step labels the forget batch with `nearest_wrong_labels` under theta_0
+  (frozen, kept in the state) and descends `CE(D_f, y_near)`. The paper's
+  code trains on the attacked label as it is, which is the true label when
+  FGSM does not flip theta_0's prediction; here that example takes the
+  runner-up wrong class at `x_adv` instead, so every label trained on is
+  wrong. Not reproduced: the code rounds `x_adv` to multiples of 1/255 (8-bit
+  pixels), which only matters for such images.
+
+  Args:
+    apply_fn: `(params, images) -> logits`.
+    eps: FGSM's step (the paper's code: 0.1 on images in [0, 1]; positive).
+    clip: the images' range `(low, high)` (the code clamps to [0, 1]), or
+      None for no clipping.
+    lr: learning rate of the default optimizer, torch's `SGD(lr, momentum=0.9)`
+      without weight decay (the paper: lr 1e-5 for 10 epochs over D_f).
+    tx: the optimizer instead of the default.
+    loss_fn: per-example loss (of the attack and of the fine-tuning).
+
+  Returns:
+    An `Unlearner` that reads only forget batches; state extras `theta_0`;
+    metrics `loss` (= `forget_nearest_label_loss`), `attack_flip_rate` (the
+    share of the batch whose label FGSM flipped).
+
+  References:
+    Chen et al., "Boundary Unlearning: Rapid Forgetting of Deep Networks via
+    Shifting the Decision Space", CVPR 2023, https://arxiv.org/abs/2303.11570.
+  """
+  if not (np.isfinite(eps) and eps > 0):
+    raise ValueError(f"eps must be positive and finite, got {eps!r}")
+  if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
+    raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}")
+  tx = _optimizer("boundary_shrink", tx, lr,
+                  lambda rate: optax.sgd(rate, momentum=PAPER_MOMENTUM))
+
+  def init_extras(params, forget, retain):
+    del forget, retain
+    return {"theta_0": params}
+
+  def update(state, forget, retain):
+    del retain
+    nearest, flipped = nearest_wrong_labels(apply_fn, state.extras["theta_0"], forget["image"],
+                                            forget["label"], eps=eps, clip=clip,
+                                            loss_fn=loss_fn)
+
+    def objective(p):
+      loss = _mean_loss(loss_fn, apply_fn(p, forget["image"]), nearest)
+      return loss, {"forget_nearest_label_loss": loss,
+                    "attack_flip_rate": jnp.mean(flipped.astype(jnp.float32))}
+
+    return _descend(tx, objective, state.params, state.opt_state)
+
+  return _build("boundary_shrink", apply_fn, tx, update=update, uses_retain=False,
+                init_extras=init_extras)
+
+
+def fisher_inverse_product(per_example_grads: jax.Array, vector: jax.Array, *,
+                           damping: float) -> jax.Array:
+  """`H^-1 v` for the damped empirical Fisher `H = damping * I + G^T G / n`.
+
+  Exact, by the Woodbury identity: `H^-1 v = (v - G^T (n * damping * I +
+  G G^T)^-1 G v) / damping`, one n x n Cholesky solve for the n per-example
+  gradients (the rows of G). WoodFisher's Sherman-Morrison recursion adds the
+  n rank-one terms one at a time and reaches the same vector.
+
+  Args:
+    per_example_grads: `[n, P]` G, one flattened gradient per example.
+    vector: `[P]` v.
+    damping: the positive damping (WoodFisher's starting `H_0 = damping * I`).
+
+  Returns:
+    `[P]`, `H^-1 v`.
+  """
+  n = per_example_grads.shape[0]
+  gram = per_example_grads @ per_example_grads.T + n * damping * jnp.eye(n, dtype=vector.dtype)
+  factor = jax.scipy.linalg.cho_factor(gram)
+  coefficients = jax.scipy.linalg.cho_solve(factor, per_example_grads @ vector)
+  return (vector - per_example_grads.T @ coefficients) / damping
+
+
+def make_influence_unlearning(apply_fn: ApplyFn, *, alpha: float = 0.2, damping: float = 1.0,
+                              lr: float = PAPER_LR["influence_unlearning"],
+                              tx: optax.GradientTransformation | None = None,
+                              loss_fn: losses.LossFn = losses.cross_entropy) -> Unlearner:
+  """IU (influence unlearning): one Newton step towards the model without D_f.
+
+  Each step, at the current parameters, with n_f forget and n_r retained
+  examples in the batches:
+
+    v = n_f / (n_f + n_r) * (grad mean CE(D_f) - grad mean CE(D_r))
+    theta <- theta + alpha * H^-1 v,  H = damping * I + (1/n_r) sum_i g_i g_i^T
+
+  g_i the per-example gradients of the retained batch: H is their damped
+  empirical Fisher, standing in for the Hessian of the retained loss, and
+  H^-1 v is solved exactly (`fisher_inverse_product`). At a minimum of the
+  mean loss over D_f and D_r, v = (n_f / n_r) * grad mean CE(D_f) = -grad
+  mean CE(D_r), so the step is a Newton step on the retained loss: the
+  influence-function estimate of the model retrained without D_f (Koh &
+  Liang; Izzo et al.). One step with the whole forget set and about 1000
+  retained examples as the batches is SalUn's IU baseline (its `Wfisher`: v
+  as here but with the retained gradient and n_r over the whole retained
+  set; H^-1 v by WoodFisher's recursion over the first ~1000 retained
+  examples, starting from the identity and dividing by N = 1000, i.e.
+  damping 1 and a 1000-example Fisher). Its code carries a rescaled first
+  retained gradient where the recursion needs H_(k-1)^-1 g_k; that is not
+  reproduced. Later steps repeat the update from where the last one left.
+  The Fisher holds the `[n_r, P]` per-example gradients in memory.
+
+  Args:
+    apply_fn: `(params, images) -> logits`.
+    alpha: the step's scale (SalUn's `--alpha`, default 0.2, tuned on a grid;
+      positive).
+    damping: the Fisher's damping (positive).
+    lr: learning rate of the default optimizer, plain SGD, which applies
+      `alpha * H^-1 v` as it is at lr 1 (leave it; tune alpha).
+    tx: the optimizer instead of the default; it receives `-alpha * H^-1 v`
+      as the gradient.
+    loss_fn: per-example loss.
+
+  Returns:
+    An `Unlearner`; metrics `loss` (= n_f / (n_f + n_r) * (`retain_loss` -
+    `forget_loss`), whose preconditioned gradient the step descends),
+    `forget_loss`, `retain_loss`, `step_norm` (`||alpha * H^-1 v||`).
+
+  References:
+    Koh & Liang, "Understanding Black-box Predictions via Influence
+    Functions", ICML 2017, https://arxiv.org/abs/1703.04730; Izzo et al.,
+    "Approximate Data Deletion from Machine Learning Models", AISTATS 2021,
+    https://arxiv.org/abs/2002.10077; Singh & Alistarh, "WoodFisher:
+    Efficient Second-Order Approximation for Neural Network Compression",
+    NeurIPS 2020, https://arxiv.org/abs/2004.14340; Fan et al. (SalUn), ICLR
+    2024, https://arxiv.org/abs/2310.12508.
+  """
+  _check_positive("alpha", alpha)
+  _check_positive("damping", damping)
+  if not (np.isfinite(alpha) and np.isfinite(damping)):
+    raise ValueError(f"alpha and damping must be finite, got {alpha!r} and {damping!r}")
+  tx = _optimizer("influence_unlearning", tx, lr, optax.sgd)
+
+  def update(state, forget, retain):
+    params = state.params
+    flat, unravel = ravel_pytree(params)
+
+    def example_grad(x, y):
+      return jax.grad(lambda q: loss_fn(apply_fn(unravel(q), x[None]), y[None])[0])(flat)
+
+    per_example = jax.vmap(example_grad)(retain["image"], retain["label"])
+    forget_loss, forget_grad = jax.value_and_grad(
+        lambda q: _mean_loss(loss_fn, apply_fn(unravel(q), forget["image"]), forget["label"]))(flat)
+    retain_loss = _mean_loss(loss_fn, apply_fn(params, retain["image"]), retain["label"])
+    n_f, n_r = forget["label"].shape[0], retain["label"].shape[0]
+    weight = n_f / (n_f + n_r)
+    direction = alpha * fisher_inverse_product(
+        per_example, weight * (forget_grad - jnp.mean(per_example, axis=0)), damping=damping)
+    updates, opt_state = tx.update(unravel(-direction), state.opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, {
+        "loss": weight * (retain_loss - forget_loss), "forget_loss": forget_loss,
+        "retain_loss": retain_loss, "step_norm": jnp.linalg.norm(direction)}
+
+  return _build("influence_unlearning", apply_fn, tx, update=update)
+
+
 METHODS: dict[str, Callable[..., Unlearner]] = {
     "finetune": make_finetune,
     "gradient_ascent": make_gradient_ascent,
@@ -791,6 +1005,8 @@ METHODS: dict[str, Callable[..., Unlearner]] = {
     "salun": make_salun,
     "scrub": make_scrub,
     "shrink_perturb": make_shrink_perturb,
+    "boundary_shrink": make_boundary_shrink,
+    "influence_unlearning": make_influence_unlearning,
 }
 
 
