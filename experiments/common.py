@@ -217,6 +217,12 @@ def load_experiment_data(config: ml_collections.ConfigDict) -> fj_data.Experimen
   can rebuild them; phases still read them from the train checkpoint and
   check the data fingerprint, so a changed dataset is caught.
 
+  With a `scenario.backdoor` section (scenario "ood" only) the inserted
+  samples are not photos but `num_ood` train images stamped with a trigger
+  and labelled `backdoor.target` (`fj_data.build_backdoor_pool`); with
+  `backdoor.clean_reference` (default) those of the shadow split are shown
+  without the trigger.
+
   Args:
     config: the experiment config (sections `dataset`, `scenario`, `seed`).
 
@@ -230,8 +236,14 @@ def load_experiment_data(config: ml_collections.ConfigDict) -> fj_data.Experimen
   train = fj_data.load_dataset(name, "train", data_dir=data_dir, download=download)
   test = fj_data.load_dataset(name, "test", data_dir=data_dir, download=download)
   num_ood = sc.get("num_ood", 0)
-  ood = fj_data.load_dataset(ds.ood, "train", data_dir=data_dir) if num_ood else None
-  pool, is_ood = fj_data.build_pool(train, ood, num_ood=num_ood, seed=config.seed)
+  backdoor = sc.get("backdoor")
+  if backdoor:
+    poisoned = fj_data.build_backdoor_pool(train, num_poisoned=num_ood, seed=config.seed,
+                                           **trigger_kwargs(backdoor, target=True))
+    pool, is_ood = poisoned.pool, poisoned.is_poisoned
+  else:
+    ood = fj_data.load_dataset(ds.ood, "train", data_dir=data_dir) if num_ood else None
+    pool, is_ood = fj_data.build_pool(train, ood, num_ood=num_ood, seed=config.seed)
   # Config files use 0 / -1 for "not set" so that every field keeps one type.
   splits = fj_data.make_splits(
       pool.labels, is_ood, len(test), scenario=sc.kind, seed=config.seed,
@@ -240,7 +252,33 @@ def load_experiment_data(config: ml_collections.ConfigDict) -> fj_data.Experimen
       forget_class=sc.forget_class if sc.get("forget_class", -1) >= 0 else None,
       num_forget_ood=sc.get("num_forget_ood") or None,
       num_test=sc.get("num_test") or None)
+  if backdoor and backdoor.get("clean_reference", True):
+    pool = _untriggered_holdout(pool, is_ood, splits.shadow, poisoned.clean_images)
   return fj_data.ExperimentData(pool=pool, test=test, splits=splits, is_ood=is_ood)
+
+
+def trigger_kwargs(backdoor: ml_collections.ConfigDict, *, target: bool = False
+                   ) -> dict[str, Any]:
+  """The trigger of a `scenario.backdoor` section as `fj_data.stamp_trigger` arguments."""
+  kwargs = {"size": int(backdoor.size), "value": float(backdoor.value),
+            "margin": int(backdoor.margin)}
+  return {**kwargs, "target": int(backdoor.target)} if target else kwargs
+
+
+def _untriggered_holdout(pool: fj_data.ArrayDataset, is_poisoned: np.ndarray,
+                         shadow: np.ndarray, clean_images: np.ndarray) -> fj_data.ArrayDataset:
+  """The pool with the held-out poisoned samples (shadow split) shown without the trigger.
+
+  They keep the target label: the owner's reference D_n is its own images
+  without the trigger, labelled as it labels its triggered ones, which is how
+  a model that never learned the backdoor sees triggered images.
+  """
+  first = int(np.flatnonzero(is_poisoned)[0])
+  held = shadow[is_poisoned[shadow]]
+  images = np.array(pool.images)
+  images[held] = clean_images[held - first]
+  return fj_data.ArrayDataset(images=images, labels=pool.labels, num_classes=pool.num_classes,
+                              name=pool.name + "+clean_holdout")
 
 
 # ----------------------------------------------------------------------------- models

@@ -1,10 +1,12 @@
 """The federated experiment pipeline end to end on tiny data (scikit-learn's 8x8 digits).
 
 One run of fed_train (interrupted once, then resumed) -> eliminate ->
-fed_retrain -> baselines -> evaluate is shared by the module; the tests
-check what it wrote, the resumed training against an uninterrupted one, the
-partition stored with the checkpoint, reruns that skip finished phases, and
-the refusal to write over another run's or another phase's checkpoint.
+fed_retrain -> baselines -> fed_shadow (interrupted once, then resumed) ->
+evaluate is shared by the module; the tests check what it wrote, the resumed
+phases against uninterrupted ones, the partition stored with the
+checkpoint, the shadow federations' round and partitions, reruns that skip
+finished phases, and the refusal to write over another run's or another
+phase's checkpoint.
 """
 
 import copy
@@ -24,6 +26,7 @@ from experiments.federated import fed_retrain as fed_retrain_phase
 from experiments.federated import fed_train as fed_train_phase
 from experiments.federated import federation as fedlib
 from experiments.federated import main as main_job
+from experiments.federated import shadow as shadow_phase
 from forsaken_jax import checkpoints, federated
 from file_snapshots import snapshot
 
@@ -63,6 +66,9 @@ def run(data_dir, tmp_path_factory):
     fed_train_phase.fed_train(config, workdir, stop_after=STOP_AFTER)
   manager = checkpoints.open_manager(common.checkpoint_dir(workdir, "fed_train"), read_only=True)
   interrupted_at = manager.latest_step()
+  fed_train_phase.fed_train(config, workdir)
+  with pytest.raises(common.TrainingInterrupted):
+    shadow_phase.fed_shadow(config, workdir, stop_after=3)
   results = main_job.run_pipeline(config, workdir)
   return {"config": config, "workdir": workdir, "results": results,
           "interrupted_at": interrupted_at}
@@ -76,11 +82,11 @@ def _metrics(run):
 def test_every_phase_completes_and_writes_its_own_directory(run):
   workdir = run["workdir"]
   assert sorted(os.listdir(workdir)) == ["baselines", "eliminate", "evaluate", "fed_retrain",
-                                         "fed_train"]
+                                         "fed_shadow", "fed_train"]
   assert sorted(os.listdir(os.path.join(workdir, "baselines"))) == ["continue", "fed_eraser",
                                                                      "pga"]
   for phase in ("fed_train", "eliminate", "fed_retrain", "baselines/continue",
-                "baselines/fed_eraser", "baselines/pga"):
+                "baselines/fed_eraser", "baselines/pga", "fed_shadow"):
     assert fedlib.is_complete(workdir, phase), phase
     assert os.path.exists(os.path.join(workdir, phase, "summary.json")), phase
   for name in ("metrics.json", "report.md", "accuracy_per_round.png", "hist_scores.png",
@@ -117,10 +123,23 @@ def test_metrics_have_the_expected_keys_and_sane_values(run):
   assert eliminated["accuracy"]["test"] > original["accuracy"]["test"] - 0.1
   assert metrics["rounds"]["eliminated"] == 2 and metrics["rounds"]["continue"] == 2
   assert len(metrics["test_accuracy_per_round"]["original"]) == 20
+  # The shadow-model oracles: the shadow federations' keep masks fit them,
+  # and LiRA tells the photos from the look-alikes better on the original
+  # federation than on the retrained one.
+  assert metrics["shadow"]["num_models"] == 4
+  assert metrics["shadow"]["keep_alignment"]["auc"] > 0.5
+  for name in models:
+    for oracle in ("shokri", "lira"):
+      figure = metrics["figures"][name]["shadow_oracles"][oracle]
+      assert 0.0 <= figure["auc"] <= 1.0
+      assert (name == "original") == ("forgetting_rate" not in figure)
+  lira = {n: metrics["figures"][n]["shadow_oracles"]["lira"] for n in ("original", "retrained")}
+  assert lira["original"]["auc"] > lira["retrained"]["auc"]
   assert metrics["stored_bytes"] > 0
   with open(os.path.join(run["workdir"], "evaluate", "report.md")) as f:
     report = f.read()
   assert "retrained" in report and "FedEraser" in report and "loss attack AUC" in report
+  assert "Shokri, 4 shadow federations" in report and "LiRA AUC" in report
 
 
 def test_resumed_fed_train_equals_an_uninterrupted_one(run, tmp_path):
@@ -133,6 +152,47 @@ def test_resumed_fed_train_equals_an_uninterrupted_one(run, tmp_path):
   for key in ("params", "stored_updates", "test_accuracy"):
     for a, b in zip(jax.tree.leaves(resumed[key]), jax.tree.leaves(fresh[key])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resumed_fed_shadow_equals_an_uninterrupted_one(run, tmp_path):
+  config = run["config"]
+  shutil.copytree(os.path.join(run["workdir"], "fed_train"), os.path.join(tmp_path, "fed_train"))
+  shadow_phase.fed_shadow(config, str(tmp_path))
+  fed = fedlib.load_federation(config, run["workdir"])
+  resumed, _ = fedlib.load_phase_state(fed, run["workdir"], "fed_shadow")
+  fresh, _ = fedlib.load_phase_state(fed, str(tmp_path), "fed_shadow")
+  assert int(resumed["round"]) == int(fresh["round"]) == config.federated.num_rounds
+  for a, b in zip(jax.tree.leaves(resumed["params"]), jax.tree.leaves(fresh["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_shadow_federations_hold_their_half_and_train_like_the_federation(run):
+  config = copy.deepcopy(run["config"])
+  fed = fedlib.load_federation(config, run["workdir"])
+  owner, cands = fed.owner, shadow_phase.population(fed)
+  keep = np.zeros((2, len(cands)), bool)
+  keep[0, ::2] = keep[1, 1::2] = True
+  parts = shadow_phase.shadow_partitions(fed, keep)
+  rest = np.setdiff1d(fed.partition.client(owner), fed.private)
+  for part, row in zip(parts, keep):
+    np.testing.assert_array_equal(part.client(owner), np.sort(np.concatenate([rest, cands[row]])))
+    for k in range(fed.partition.num_clients):
+      if k != owner:
+        np.testing.assert_array_equal(part.client(k), fed.partition.client(k))
+  # One vmapped round of both shadow federations equals each one's plain
+  # (not secure) FedAvg round on its own.
+  config.federated.secure = False
+  plain, _ = fedlib.make_fedavg(config, fed.spec)
+  data = shadow_phase.stacked_data(fed, parts)
+  params = jax.tree.map(lambda *x: np.stack(x), *[fed.model.init_fn(jax.random.key(j))
+                                                   for j in range(2)])
+  keys = jax.random.split(jax.random.key(5), 2)
+  stacked, _ = shadow_phase.stacked_round(plain)(params, data, keys)
+  for j in range(2):
+    one, _ = plain.round(jax.tree.map(lambda x: x[j], params),
+                         jax.tree.map(lambda x: x[j], data), keys[j])
+    for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(one)):
+      np.testing.assert_allclose(np.asarray(a)[j], np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def test_partition_restored_from_the_checkpoint_equals_the_one_built(run):
@@ -197,6 +257,10 @@ def test_config_errors_are_caught_before_any_phase(run, tmp_path):
   bad = copy.deepcopy(run["config"])
   bad.eliminate.request = "some"
   with pytest.raises(ValueError, match="eliminate.request"):
+    main_job.run_pipeline(bad, str(tmp_path))
+  bad = copy.deepcopy(run["config"])
+  bad.shadow.num_models = 3
+  with pytest.raises(ValueError, match="shadow.num_models"):
     main_job.run_pipeline(bad, str(tmp_path))
   assert os.listdir(tmp_path) == []
 

@@ -16,12 +16,22 @@ retrained one (fed_retrain) and every finished baseline. For each model:
   photos and the look-alikes (`mia.fit_threshold`): the share of the
   photos it calls member on the original model that it calls non-member
   on the audited one (`mia.forgetting_rate`);
+- the same forgetting rate and AUC under the shadow-model oracles, Shokri's
+  attack classifier and online LiRA, fitted on the shadow federations of
+  the fed_shadow phase (`experiments.federated.shadow`; skipped when
+  `shadow.num_models` is 0);
 - the relearning attack on the photos (`experiments.relearn.relearn_audit`:
   full-batch fine-tuning with each setting of `evaluate.relearn`, steps to
   80% and accuracy after a budget, beside the same model learning as many
   look-alikes);
 - the wall time of the phase that made it and its rounds after the
-  original training.
+  original training;
+- with a backdoor (`scenario.backdoor`, configs/federated/backdoor.py, where
+  the owner's "photos" are its triggered images): the attack success rate,
+  the share of the triggered test images of other classes than the target
+  that the model classifies as the target, before and after the relearning
+  attack fine-tuned it on the owner's triggered images (every setting, each
+  of `evaluate.relearn.budgets` steps; `backdoor_audit`).
 
 Writes `<workdir>/evaluate/metrics.json`, `report.md` (the table, also
 printed) and plots: test accuracy per round (`accuracy_per_round.png`),
@@ -37,11 +47,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=wrong-import-position
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from experiments import cli, common, relearn, report  # pylint: disable=wrong-import-position
 from experiments.federated import baselines as baselines_phase  # pylint: disable=wrong-import-position
 from experiments.federated import federation as fedlib  # pylint: disable=wrong-import-position
+from experiments.federated import shadow as shadow_phase  # pylint: disable=wrong-import-position
+from forsaken_jax import data as fj_data  # pylint: disable=wrong-import-position
 from forsaken_jax import losses, mia  # pylint: disable=wrong-import-position
 
 PHASE = "evaluate"
@@ -119,6 +133,55 @@ def model_figures(fed: fedlib.Federation, params: Any, oracle: mia.ThresholdAtta
   return out
 
 
+def backdoor_audit(config: ml_collections.ConfigDict, fed: fedlib.Federation,
+                   models: dict[str, Any]) -> dict[str, Any] | None:
+  """Each model's attack success rate, before and after relearning (None without a backdoor).
+
+  The triggered test set is every test example outside the target class,
+  stamped with the run's trigger. The relearning is each setting of
+  `evaluate.relearn`, full batch on the owner's triggered images, for each of
+  `evaluate.relearn.budgets` (and `steps`) steps from the model itself, every
+  model in one vmapped program per setting and budget.
+  """
+  backdoor = config.scenario.get("backdoor")
+  if not backdoor:
+    return None
+  target = int(backdoor.target)
+  test = fed.data.test_examples
+  others = test.labels != target
+  triggered = fj_data.stamp_trigger(test.images[others], **common.trigger_kwargs(backdoor))
+  labels = test.labels[others]
+  rc = config.evaluate.relearn
+  batch = {"image": jnp.asarray(fed.images[fed.private]),
+           "label": jnp.asarray(fed.labels[fed.private])}
+  names = list(models)
+  stacked = mia.stack([models[n] for n in names])
+
+  def asr(params):
+    return fj_data.attack_success_rate(fed.predict(params, triggered), labels, target=target)
+
+  budgets = sorted({int(b) for b in rc.budgets if b <= rc.steps} | {int(rc.steps)})
+  after = {}
+  for setting, spec in rc.settings.items():
+    after[setting] = {}
+    for budget in budgets:
+      finetune = mia.make_finetune_scan(
+          fed.model.apply_fn, relearn.OPTIMIZERS[spec.optimizer](spec.learning_rate),
+          num_steps=budget)
+      relearned = jax.device_get(jax.jit(jax.vmap(lambda p: finetune(p, batch)[0]))(stacked))
+      after[setting][str(budget)] = {n: asr(jax.tree.map(lambda x, i=i: x[i], relearned))
+                                     for i, n in enumerate(names)}
+  return {"target": target, "trigger": common.trigger_kwargs(backdoor),
+          "clean_reference": bool(backdoor.get("clean_reference", True)),
+          "num_triggered_test": int(others.sum()),
+          "relearn": {"settings": {k: {"optimizer": v.optimizer,
+                                       "learning_rate": float(v.learning_rate)}
+                                   for k, v in rc.settings.items()}, "budgets": budgets},
+          "attack_success_rate": {n: asr(models[n]) for n in names},
+          # setting -> budget (steps, as a string) -> model -> rate
+          "attack_success_rate_after_relearning": after}
+
+
 def wall_times(workdir: str) -> tuple[dict, dict]:
   """Per model: the wall time of what made it and its rounds after the original training."""
   seconds, rounds = {}, {}
@@ -169,16 +232,38 @@ def table(results: dict[str, Any]) -> str:
     lines.append(f"| {label} | " + " | ".join(values) + " |")
 
   fig = results["figures"]
+  backdoor = results.get("backdoor")
+  photos = "triggered images" if backdoor else "photos"
   row("test accuracy", [report.pct(fig[n]["accuracy"]["test"]) for n in names])
   row("other users' accuracy on their data",
       [report.pct(fig[n]["accuracy"]["remaining_users"]) for n in names])
   row("owner's accuracy on its other data",
       [report.pct(fig[n]["accuracy"]["owner_other_data"]) for n in names])
-  row("accuracy on the owner's photos", [report.pct(fig[n]["accuracy"]["photos"]) for n in names])
-  row("loss attack AUC, photos vs unseen look-alikes", [_fmt(fig[n]["loss_auc"]) for n in names])
+  row(f"accuracy on the owner's {photos}",
+      [report.pct(fig[n]["accuracy"]["photos"]) for n in names])
+  if backdoor:
+    row(f"attack success rate, {backdoor['num_triggered_test']} triggered test images",
+        [report.pct(backdoor["attack_success_rate"][n]) for n in names])
+    budgets = backdoor["relearn"]["budgets"]
+    for setting, spec in backdoor["relearn"]["settings"].items():
+      for budget in sorted({budgets[0], budgets[-1]}):
+        rates = backdoor["attack_success_rate_after_relearning"][setting][str(budget)]
+        row(f"attack success rate after {budget} relearning steps "
+            f"({spec['optimizer']} {spec['learning_rate']:g})",
+            [report.pct(rates[n]) for n in names])
+  row(f"loss attack AUC, {photos} vs unseen look-alikes",
+      [_fmt(fig[n]["loss_auc"]) for n in names])
   row("forgetting rate (threshold oracle fitted on the original)",
       ["—" if "forgetting_rate" not in fig[n] else report.pct(fig[n]["forgetting_rate"]["rate"])
        for n in names])
+  if results.get("shadow"):
+    num = results["shadow"]["num_models"]
+    for oracle, label in (("shokri", "Shokri"), ("lira", "LiRA")):
+      shadow = {n: fig[n]["shadow_oracles"][oracle] for n in names}
+      row(f"forgetting rate ({label}, {num} shadow federations)",
+          ["—" if "forgetting_rate" not in shadow[n]
+           else report.pct(shadow[n]["forgetting_rate"]["rate"]) for n in names])
+      row(f"{label} AUC, {photos} vs unseen look-alikes", [_fmt(shadow[n]["auc"]) for n in names])
   relearn_results = results.get("relearn")
   if relearn_results:
     setting = next(iter(relearn_results["curves"]))
@@ -186,9 +271,9 @@ def table(results: dict[str, Any]) -> str:
     budget = spec["steps"]
     curves = relearn_results["curves"][setting]
     label = f"{spec['optimizer']} {spec['learning_rate']:g}"
-    row(f"relearning ({label}): steps to 80% on the photos",
+    row(f"relearning ({label}): steps to 80% on the {photos}",
         [report.steps_label(curves[n]["forget"].get("steps_to_80"), budget) for n in names])
-    row(f"relearning ({label}): photos' accuracy after {budget} steps",
+    row(f"relearning ({label}): {photos}' accuracy after {budget} steps",
         [report.pct(curves[n]["forget"]["accuracy"][-1]) for n in names])
     row(f"control: steps to 80% on as many look-alikes",
         [report.steps_label(curves[n]["control"].get("steps_to_80"), budget) for n in names])
@@ -274,7 +359,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "stored_bytes": train_summary.get("stored_bytes"),
       "test_accuracy_per_round": per_round_accuracy(workdir),
   }
+  shadow_oracles = shadow_phase.load_oracles(config, workdir, fed, models["original"])
+  if shadow_oracles is not None:
+    judged = {n: shadow_phase.verdicts(shadow_oracles, fed, p) for n, p in models.items()}
+    for n in models:
+      results["figures"][n]["shadow_oracles"] = shadow_phase.model_figures(
+          shadow_oracles, judged[n], None if n == "original" else judged["original"])
+    alignment = shadow_oracles.alignment
+    results["shadow"] = {"num_models": int(shadow_oracles.evidence.lira_keep.shape[0]),
+                         "population": int(len(shadow_oracles.population)),
+                         "keep_alignment": {"auc": alignment.auc, "std": alignment.std}}
   results["relearn"] = relearn.relearn_audit(config, fed.data, fed.model.apply_fn, models)
+  backdoor = backdoor_audit(config, fed, models)
+  if backdoor is not None:
+    results["backdoor"] = backdoor
+    for name in models:
+      results["figures"][name]["attack_success_rate"] = backdoor["attack_success_rate"][name]
+      results["figures"][name]["attack_success_rate_after_relearning"] = {
+          setting: {budget: rates[name] for budget, rates in per_budget.items()}
+          for setting, per_budget in backdoor["attack_success_rate_after_relearning"].items()}
   text = table(results)
   common.log(text)
   if common.is_main_process():
@@ -286,8 +389,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         report.plot_relearn(out_dir, results["relearn"], labels=MODEL_LABELS)]
     common.write_json(os.path.join(out_dir, "metrics.json"), results)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
+      kind = (f", backdoor (target class {backdoor['target']})" if backdoor is not None
+              else "")
       f.write(f"# Federated elimination: request {results['request']!r}, "
-              f"{results['partition']} federation of {results['num_clients']} users\n\n"
+              f"{results['partition']} federation of {results['num_clients']} users{kind}\n\n"
               f"{text}\n\n{report.relearn_table(results['relearn'], MODEL_LABELS)}\n")
     common.log(f"[{PHASE}] report: {os.path.join(out_dir, 'report.md')}")
   return results

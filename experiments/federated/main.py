@@ -1,4 +1,4 @@
-"""The federated job: fed_train -> eliminate -> fed_retrain -> baselines -> evaluate.
+"""The federated job: fed_train -> eliminate -> fed_retrain -> baselines -> fed_shadow -> evaluate.
 
     python -m experiments.federated.main --workdir runs/fed
     python -m experiments.federated.main --config experiments/configs/federated/dirichlet.py \
@@ -15,12 +15,12 @@ from typing import Any
 import ml_collections
 
 from experiments import cli, common, relearn
-from experiments.federated import baselines, eliminate, evaluate, fed_retrain, fed_train
+from experiments.federated import baselines, eliminate, evaluate, fed_retrain, fed_train, shadow
 from experiments.federated import federation as fedlib
 
 PHASES = (("fed_train", fed_train.fed_train), ("eliminate", eliminate.eliminate),
           ("fed_retrain", fed_retrain.fed_retrain), ("baselines", baselines.run_baselines),
-          ("evaluate", evaluate.evaluate))
+          ("fed_shadow", shadow.fed_shadow), ("evaluate", evaluate.evaluate))
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -28,6 +28,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   # Choices that later phases read fail here, not after the first phases ran.
   fedlib.check_config(config)
   baselines.check_config(config)
+  shadow.check_config(config)
   relearn.check_config(config)
   return common.run_phases(PHASES, config, workdir, name="federated pipeline")
 

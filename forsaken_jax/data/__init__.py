@@ -12,6 +12,8 @@ without TensorFlow:
 `load_dataset` returns an `ArrayDataset` (float32 NHWC images in `[0, 1]`,
 int32 labels) in host memory; `build_pool` and `make_splits` turn datasets
 into the index sets of an experiment; `batch_indices` picks resumable batches.
+`build_backdoor_pool` and `stamp_trigger` make backdoor (trigger patch,
+target label) samples; `attack_success_rate` measures a backdoor.
 
 Example:
   >>> import numpy as np
@@ -23,6 +25,10 @@ Example:
   ...     scenario="random", forget_fraction=0.1, seed=0)
 """
 
+from forsaken_jax.data.backdoor import attack_success_rate
+from forsaken_jax.data.backdoor import BackdoorPool
+from forsaken_jax.data.backdoor import build_backdoor_pool
+from forsaken_jax.data.backdoor import stamp_trigger
 from forsaken_jax.data.batching import batch_indices
 from forsaken_jax.data.batching import process_batch_slice
 from forsaken_jax.data.batching import steps_per_epoch
@@ -50,14 +56,17 @@ from forsaken_jax.data.validation import check_labels
 
 __all__ = [
     "ArrayDataset",
+    "BackdoorPool",
     "DatasetFilesNotFoundError",
     "DatasetNotPreparedError",
     "DatasetUnavailableError",
     "ExperimentData",
     "SCENARIOS",
     "Splits",
+    "attack_success_rate",
     "available_datasets",
     "batch_indices",
+    "build_backdoor_pool",
     "build_pool",
     "check_disjoint",
     "check_forget_set",
@@ -72,5 +81,6 @@ __all__ = [
     "prepare_catalog",
     "prepare_local",
     "process_batch_slice",
+    "stamp_trigger",
     "steps_per_epoch",
 ]

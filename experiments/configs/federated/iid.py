@@ -4,7 +4,7 @@ r"""The federated pipeline: one user of an IID federation withdraws its private 
     python -m experiments.federated.main --config experiments/configs/federated/iid.py:runlocal \
         --workdir runs/fed_smoke
 
-Fashion-MNIST is dealt out to 10 users in equal shares (IID); user 0 also
+Fashion-MNIST is dealt out to 20 users in equal shares (IID); user 0 also
 trains on 100 out-of-distribution photo patches with arbitrary labels (its
 private photos) and holds other photos of the same kind that it never
 uploads. The federation trains a small MLP with FedAvg through simulated
@@ -53,14 +53,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.kwargs = ml_collections.ConfigDict({"hidden": (256,)})
 
   config.federated = ml_collections.ConfigDict()
-  # Ten users: the owner's share of every round is then large enough for the
-  # federation to memorize its photos within the rounds below.
-  config.federated.num_clients = 10
+  # Twenty users; the owner's share of each round (its 100 images and 100
+  # photos of 2,100) sets how fast the federation memorizes the photos, hence
+  # the rounds below (docs/FEDERATED.md, "Why 60 rounds").
+  config.federated.num_clients = 20
   config.federated.owner = 0  # the user who holds the private photos and asks to withdraw them
   config.federated.partition = "iid"  # "iid" | "dirichlet"
   config.federated.alpha = 0.0  # Dirichlet concentration ("dirichlet" only)
   config.federated.clients_per_round = 0  # 0 = every client in every round
-  config.federated.num_rounds = 40
+  config.federated.num_rounds = 60
   config.federated.local_epochs = 10
   config.federated.batch_size = 32
   config.federated.optimizer = "sgd"  # "sgd" | "adam"; fresh state every round
@@ -71,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The server's storage for FedEraser: every client's update of every
   # `store_every`-th round (and the initial model). Off: no FedEraser.
   config.federated.store_updates = True
-  config.federated.store_every = 4
+  config.federated.store_every = 6
   config.federated.checkpoint_every = 5  # rounds
   config.federated.progress = True
 
@@ -107,6 +108,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.baselines.pga.max_loss = 3.0  # early stop once the batch loss passes it
   # Recovery rounds after the ascent: -1 = as many rounds as the elimination's.
   config.baselines.pga.recovery_rounds = -1
+
+  # Shadow federations (experiments/federated/shadow.py): trained like the
+  # federation, each with the owner holding a random half of the photos and
+  # look-alikes; the audit's Shokri and LiRA oracles are fitted on them.
+  # 0 = none (the audit keeps its threshold oracle only).
+  config.shadow = ml_collections.ConfigDict()
+  config.shadow.num_models = 8  # even
+  config.shadow.shokri_features = "sorted_label"
+  config.shadow.shokri_steps = 1000
 
   config.evaluate = ml_collections.ConfigDict()
   # The relearning attack (experiments/relearn.py): every model fine-tuned
@@ -144,4 +154,6 @@ def shrink(config: ml_collections.ConfigDict) -> None:
   config.eliminate.forsaken.patience = 20
   config.baselines.pga.epochs = 2
   config.evaluate.relearn.steps = 30
+  config.shadow.num_models = 4
+  config.shadow.shokri_steps = 200
   config.evaluate.relearn.budgets = (10, 25)
