@@ -485,16 +485,51 @@ def run_rounds(fed: Federation, *, phase: str, manager: Any, meta: dict[str, Any
     bar.set_postfix(acc=f"{test_accuracy:.3f}", loss=f"{client_loss:.3f}")
     writer.write(r + 1, test_accuracy=test_accuracy, client_loss=client_loss,
                  clients=int(slots.sum()))
-    if (r + 1) % fc.checkpoint_every == 0 or r + 1 == num_rounds or save_after(r):
-      elapsed = elapsed_before + time.perf_counter() - t0
-      save(manager, state, meta, complete=r + 1 == num_rounds, elapsed=elapsed, splits=splits)
-    if stop_after is not None and r + 1 - start >= stop_after and r + 1 < num_rounds:
-      manager.wait_until_finished()
-      bar.close()
-      raise common.TrainingInterrupted(f"[{phase}] stopped after round {r + 1}")
+    now = elapsed_before + time.perf_counter() - t0
+    if end_round(manager, state, meta, phase=phase, r=r, start=start, num_rounds=num_rounds,
+                 checkpoint_every=fc.checkpoint_every, elapsed=now, splits=splits,
+                 stop_after=stop_after, bar=bar, save_now=save_after(r)):
+      elapsed = now
   bar.close()
   manager.wait_until_finished()
   return state, elapsed
+
+
+def end_round(manager: Any, state: dict[str, Any], meta: dict[str, Any], *, phase: str, r: int,
+              start: int, num_rounds: int, checkpoint_every: int, elapsed: float,
+              splits: dict[str, np.ndarray] | None, stop_after: int | None, bar: Any,
+              save_now: bool = False) -> bool:
+  """After round `r` of a round phase: its checkpoint when due, and the simulated kill.
+
+  Checkpoints every `checkpoint_every` rounds, after the last round, and
+  when `save_now`.
+
+  Args:
+    manager: the phase's writable checkpoint manager.
+    state: the state after round `r`.
+    meta: the phase's meta.
+    phase: the phase's name (messages).
+    r: the round just run (0-based); `start`, the first round of this process.
+    num_rounds: the phase's rounds.
+    checkpoint_every: rounds between checkpoints (`federated.checkpoint_every`).
+    elapsed: the phase's wall time so far, earlier runs included.
+    splits: index arrays saved with the checkpoint.
+    stop_after: raise `common.TrainingInterrupted` once this process ran this
+      many rounds short of the last (simulates a kill); None = never.
+    bar: the progress bar, closed before a simulated kill.
+    save_now: checkpoint after this round whatever the schedule.
+
+  Returns:
+    Whether it checkpointed.
+  """
+  saved = (r + 1) % checkpoint_every == 0 or r + 1 == num_rounds or save_now
+  if saved:
+    save(manager, state, meta, complete=r + 1 == num_rounds, elapsed=elapsed, splits=splits)
+  if stop_after is not None and r + 1 - start >= stop_after and r + 1 < num_rounds:
+    manager.wait_until_finished()
+    bar.close()
+    raise common.TrainingInterrupted(f"[{phase}] stopped after round {r + 1}")
+  return saved
 
 
 def write_summary(workdir: str, phase: str, summary: dict[str, Any]) -> dict[str, Any]:

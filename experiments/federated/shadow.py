@@ -176,14 +176,12 @@ def fed_shadow(config: ml_collections.ConfigDict, workdir: str,
       bar.update(1)
       slots = np.asarray(data.client_id) != federated.PADDING_CLIENT
       bar.set_postfix(loss=f"{float(np.mean(np.asarray(metrics['loss'])[slots])):.3f}")
-      if (r + 1) % config.federated.checkpoint_every == 0 or r + 1 == num_rounds:
-        elapsed = elapsed_before + time.perf_counter() - t0
-        fedlib.save(manager, state, meta, complete=r + 1 == num_rounds, elapsed=elapsed,
-                    splits=splits)
-      if stop_after is not None and r + 1 - start >= stop_after and r + 1 < num_rounds:
-        manager.wait_until_finished()
-        bar.close()
-        raise common.TrainingInterrupted(f"[{PHASE}] stopped after round {r + 1}")
+      now = elapsed_before + time.perf_counter() - t0
+      if fedlib.end_round(manager, state, meta, phase=PHASE, r=r, start=start,
+                          num_rounds=num_rounds,
+                          checkpoint_every=config.federated.checkpoint_every, elapsed=now,
+                          splits=splits, stop_after=stop_after, bar=bar):
+        elapsed = now
     bar.close()
     manager.wait_until_finished()
     elapsed_before = elapsed
