@@ -70,8 +70,31 @@ def _with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
   return config
 
 
-def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Runs every variant and baseline; returns one row per model."""
+def check_variants(variants: dict[str, dict[str, Any]], config: ml_collections.ConfigDict
+                   ) -> None:
+  """Raises ValueError for a variant that overrides no `unlearn` setting or sets a bad one."""
+  for name, overrides in variants.items():
+    unknown = sorted(set(overrides) - set(config.unlearn))
+    if unknown:
+      raise ValueError(f"sweep variant {name!r} overrides unknown unlearn settings {unknown}")
+    unlearn_phase.check_config(_with_overrides(config, overrides))
+
+
+def sweep(config: ml_collections.ConfigDict, workdir: str, *,
+          only: list[str] | None = None) -> list[dict[str, Any]]:
+  """Runs every variant and baseline; returns one row per model.
+
+  Args:
+    config: the run's config (its `sweep.variants` run after `VARIANTS`).
+    workdir: the run directory; writes only `<workdir>/sweep/`.
+    only: names of the standard `VARIANTS` to run (default all); every
+      variant is still checked first.
+  """
+  variants = {**VARIANTS, **config.sweep.variants.to_dict()}
+  check_variants(variants, config)
+  if only is not None:
+    variants = {name: v for name, v in variants.items()
+                if name in only or name not in VARIANTS}
   data, _ = common.load_upstream_data(config, workdir)
   spec = common.model_spec(config, data)
   model = common.create_model(spec)
@@ -102,7 +125,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any
   rows = [row("original", original, seconds.get("train"), "no unlearning"),
           row("retrained without the forget set", retrained, seconds.get("retrain"),
               "the ceiling")]
-  for name, overrides in {**VARIANTS, **config.sweep.variants.to_dict()}.items():
+  for name, overrides in variants.items():
     variant = _with_overrides(config, overrides)
     start = time.perf_counter()
     prep = unlearn_phase.prepare(variant, data, spec, original)
