@@ -275,7 +275,7 @@ def table(results: dict[str, Any]) -> str:
         [report.steps_label(curves[n]["forget"].get("steps_to_80"), budget) for n in names])
     row(f"relearning ({label}): {photos}' accuracy after {budget} steps",
         [report.pct(curves[n]["forget"]["accuracy"][-1]) for n in names])
-    row(f"control: steps to 80% on as many look-alikes",
+    row("control: steps to 80% on as many look-alikes",
         [report.steps_label(curves[n]["control"].get("steps_to_80"), budget) for n in names])
   row("rounds after the original training",
       [str(results["rounds"].get(n, "n/a")) for n in names])

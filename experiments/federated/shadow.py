@@ -29,7 +29,6 @@ the splits item, the population and the keep masks. Resumable per round.
 """
 
 import functools
-import os
 import time
 from typing import Any, NamedTuple
 
