@@ -46,26 +46,23 @@ teacher's forward pass and a second update.
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import shutil
 import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import cli, common
-from experiments import unlearn as unlearn_phase
+from experiments import cli, common, unlearners
 from forsaken_jax import data as fj_data
 from forsaken_jax import parallel, train
 from forsaken_jax import unlearn as fj_unlearn
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "bench_cost.py")
 SIGNATURE_SECTIONS = ("dataset", "scenario", "model", "train", "unlearn", "bench")
-FORSAKEN = "forsaken"
+FORSAKEN = unlearners.FORSAKEN
 TABLE_HEADER = ("| training set | model | retrain s: to original acc. / full recipe | method "
                 "| first request s | later request s | first / later, % of retraining "
                 "| test acc. | forget acc. |")
@@ -209,49 +206,13 @@ def train_model(config: ml_collections.ConfigDict, data: fj_data.ExperimentData,
 # ----------------------------------------------------------------------------- unlearning requests
 
 
-def forsaken_request(config: ml_collections.ConfigDict, data: fj_data.ExperimentData,
-                     spec: dict[str, Any], original: Any) -> tuple[Any, dict[str, Any]]:
-  """One Forsaken request, as `experiments.sweep_unlearn` runs it: prepare, loop, finish."""
-  prep = unlearn_phase.prepare(config, data, spec, original)
-  state = parallel.block(prep.run(prep.state, prep.forget, prep.retain, prep.reference,
-                                  prep.threshold, prep.target_rate,
-                                  jnp.int32(config.unlearn.max_steps)))
-  state = unlearn_phase.finish(prep, state)
-  info = fj_unlearn.summarize(state)
-  return state.params, {"steps": int(info["steps"]), "stop_reason": str(info["stop_reason"]),
-                        "repair_steps": int(config.unlearn.repair_steps)}
-
-
-def baseline_request(config: ml_collections.ConfigDict, name: str, data: fj_data.ExperimentData,
-                     spec: dict[str, Any], original: Any) -> tuple[Any, dict[str, Any]]:
-  """One request to a `forsaken_jax.unlearn.METHODS` baseline, one blocked step at a time."""
-  method_config = config.bench.methods[name]
-  steps = int(method_config.steps)
-  kwargs = method_config.get("kwargs", ml_collections.ConfigDict()).to_dict()
-  model = common.create_model(spec)
-  if name in ("l1_sparse", "shrink_perturb"):  # their schedules span the request
-    kwargs.setdefault("num_steps", steps)
-  if name == "shrink_perturb":
-    kwargs.setdefault("init_fn", model.init_fn)
-  method = fj_unlearn.make_method(name, model.apply_fn, **kwargs)
-  forget = jax.device_put(unlearn_phase.forget_batch(data, data.splits.forget))
-  retain_idx = data.splits.retain
-  batch_size = min(config.unlearn.batch_size, len(retain_idx))
-  images, labels = data.pool.images, data.pool.labels
-
-  def retain_batch(step):
-    idx = retain_idx[fj_data.batch_indices(len(retain_idx), batch_size, step, seed=config.seed)]
-    return {"image": images[idx], "label": labels[idx]}
-
-  key = jax.random.fold_in(jax.random.key(config.seed), 6)
-  state = method.init(jax.device_put(original), forget, retain_batch(0), key)
-  bar = common.progress(steps, desc=name, enabled=config.train.get("progress", True))
-  for step in range(steps):
-    state, metrics = method.step(state, forget, retain_batch(step))
-    parallel.block(metrics)
-    bar.update(1)
-  bar.close()
-  return parallel.block(state.params), {"steps": steps}
+def _hyperparameters(config: ml_collections.ConfigDict, method: str) -> dict[str, Any]:
+  """`unlearners.request`'s hyperparameters: none for Forsaken (the `unlearn` section)."""
+  if method == FORSAKEN:
+    return {}
+  method_config = config.bench.methods[method]
+  return {"steps": int(method_config.steps),
+          "kwargs": method_config.get("kwargs", ml_collections.ConfigDict()).to_dict()}
 
 
 def timed_requests(config: ml_collections.ConfigDict, method: str, data: fj_data.ExperimentData,
@@ -265,14 +226,11 @@ def timed_requests(config: ml_collections.ConfigDict, method: str, data: fj_data
     for label, request_data in (("first", data), ("later", later)):
       with common.compile_time_meter() as compile_seconds:
         start = time.perf_counter()
-        if method == FORSAKEN:
-          params, info = forsaken_request(config, request_data, spec, original)
-        else:
-          params, info = baseline_request(config, method, request_data, spec, original)
+        params, info = unlearners.request(config, method, _hyperparameters(config, method),
+                                          request_data, spec, original,
+                                          progress=config.train.get("progress", True))
         seconds = time.perf_counter() - start
       out[label] = {"seconds": seconds, **info, "compile_seconds": dict(compile_seconds),
-                    "finite": all(bool(np.all(np.isfinite(x)))
-                                  for x in jax.tree.leaves(jax.device_get(params))),
                     "test_accuracy": _accuracy(predict, params, test.images, test.labels),
                     "forget_accuracy": _forget_accuracy(predict, params, request_data)}
       common.log(f"[bench_cost] {method} {label} request: {seconds:.2f} s, test "
@@ -301,31 +259,6 @@ def _load_params(path: str, spec: dict[str, Any]) -> Any:
   return jax.tree.unflatten(treedef, leaves)
 
 
-class Cells:
-  """The finished (size, cell) results in `<out>/cells.json`, saved after every cell."""
-
-  def __init__(self, out: str, signature: dict[str, Any]):
-    self.path = os.path.join(out, "cells.json")
-    signature = json.loads(json.dumps(signature))  # as it reads back (tuples become lists)
-    self.data = {"signature": signature, "cells": {}}
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        stored = json.load(f)
-      if stored.get("signature") != signature:
-        raise SystemExit(f"{self.path} was written with another config: use a new --workdir, or "
-                         "delete it to start over")
-      self.data = stored
-    self.computed: list[str] = []  # the cells this process ran
-
-  def get(self, key: str) -> dict[str, Any] | None:
-    return self.data["cells"].get(key)
-
-  def put(self, key: str, value: dict[str, Any]) -> None:
-    self.data["cells"][key] = value
-    self.computed.append(key)
-    common.write_json(self.path, self.data)
-
-
 # ----------------------------------------------------------------------------- the benchmark
 
 
@@ -342,7 +275,7 @@ def _size_key(size: int) -> str:
   return "all" if size == -1 else str(size)
 
 
-def run_size(config: ml_collections.ConfigDict, size: int, out: str, cells: Cells,
+def run_size(config: ml_collections.ConfigDict, size: int, out: str, cells: common.ResultCells,
              methods: list[str], run_id: str) -> None:
   """Runs the unfinished cells of one size: original, retraining, each method."""
   key = _size_key(size)
@@ -395,7 +328,7 @@ def run_size(config: ml_collections.ConfigDict, size: int, out: str, cells: Cell
       cells.put(f"{key}/{method}", {**result, "run": run_id})
 
 
-def collect(config: ml_collections.ConfigDict, cells: Cells, methods: list[str]
+def collect(config: ml_collections.ConfigDict, cells: common.ResultCells, methods: list[str]
             ) -> list[dict[str, Any]]:
   """One entry per finished size: the original, the retraining and each method with its ratios."""
   sizes = []
@@ -496,7 +429,7 @@ def bench_cost(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   """
   out = os.path.join(workdir, "bench_cost")
   os.makedirs(out, exist_ok=True)
-  cells = Cells(out, common.signature(config, SIGNATURE_SECTIONS))
+  cells = common.ResultCells(out, common.signature(config, SIGNATURE_SECTIONS))
   methods = [FORSAKEN, *config.bench.methods.keys()]
   unknown = sorted(set(methods[1:]) - set(fj_unlearn.METHODS))
   if unknown:

@@ -23,7 +23,9 @@ from forsaken_jax import losses, models
 
 # Config fields that may change between an interrupted run and its resume
 # without changing what the run computes.
-RESUMABLE_KEYS = ("log_every", "checkpoint_every", "eval_every", "progress")
+# Keys that say how a run proceeds, not what it computes (host_loop: whether
+# loops are driven from Python or run as one program).
+RESUMABLE_KEYS = ("log_every", "checkpoint_every", "eval_every", "progress", "host_loop")
 
 
 def is_main_process() -> bool:
@@ -410,8 +412,11 @@ def run_steps(*, phase: str, state: Any, step_fn: Callable, make_batch: Callable
 
 
 def run_phases(phases: Iterable[tuple[str, Callable[[Any, str], Any]]],
-               config: ml_collections.ConfigDict, workdir: str, *, name: str = "pipeline") -> Any:
+               config: ml_collections.ConfigDict, workdir: str, *, name: str = "pipeline",
+               report: bool = True) -> Any:
   """Runs `(phase name, phase function)` pairs in order, announcing each.
+
+  `report`: the phases end with the evaluate phase, whose report is named.
 
   Returns:
     The last phase's result.
@@ -422,8 +427,8 @@ def run_phases(phases: Iterable[tuple[str, Callable[[Any, str], Any]]],
   for index, (phase, phase_fn) in enumerate(phases, 1):
     log(f"\n== phase {index}/{len(phases)}: {phase} ==")
     results = phase_fn(config, workdir)
-  log(f"\n{name} finished in {time.perf_counter() - start:.0f} s; "
-      f"report: {os.path.join(workdir, 'evaluate', 'report.md')}")
+  where = f"; report: {os.path.join(workdir, 'evaluate', 'report.md')}" if report else ""
+  log(f"\n{name} finished in {time.perf_counter() - start:.0f} s{where}")
   return results
 
 
@@ -521,3 +526,32 @@ def load_phase_params(config: ml_collections.ConfigDict, workdir: str, phase: st
         f"the {phase} phase in {manager.directory} did not finish: run it again to complete it")
   # Host arrays: the caller places them on its own mesh (phases use different ones).
   return jax.device_get(state["params"]), meta
+
+
+class ResultCells:
+  """A resumable benchmark's finished cells, in `<out>/cells.json`, saved after every cell.
+
+  Opening a file written with another signature (another config) exits with
+  a message: its cells would not be comparable.
+  """
+
+  def __init__(self, out: str, signature: dict[str, Any]):
+    self.path = os.path.join(out, "cells.json")
+    signature = json.loads(json.dumps(signature))  # as it reads back (tuples become lists)
+    self.data = {"signature": signature, "cells": {}}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        stored = json.load(f)
+      if stored.get("signature") != signature:
+        raise SystemExit(f"{self.path} was written with another config: use a new --workdir, or "
+                         "delete it to start over")
+      self.data = stored
+    self.computed: list[str] = []  # the cells this process ran
+
+  def get(self, key: str) -> dict[str, Any] | None:
+    return self.data["cells"].get(key)
+
+  def put(self, key: str, value: dict[str, Any]) -> None:
+    self.data["cells"][key] = value
+    self.computed.append(key)
+    write_json(self.path, self.data)

@@ -20,12 +20,11 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from experiments import cli, common, relearn, report
+from experiments import cli, common, relearn, report, unlearners
 from experiments import evaluate as evaluate_phase
 from experiments import unlearn as unlearn_phase
 from forsaken_jax import parallel, unlearn as fj_unlearn
@@ -61,23 +60,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 GRADIENT_ASCENT_RUNS = ((1.0, 10), (1.0, 30), (10.0, 10))
 
 
-def _with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
-                    ) -> ml_collections.ConfigDict:
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    for key, value in overrides.items():
-      config.unlearn[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
-  return config
-
-
 def check_variants(variants: dict[str, dict[str, Any]], config: ml_collections.ConfigDict
                    ) -> None:
   """Raises ValueError for a variant that overrides no `unlearn` setting or sets a bad one."""
   for name, overrides in variants.items():
-    unknown = sorted(set(overrides) - set(config.unlearn))
-    if unknown:
-      raise ValueError(f"sweep variant {name!r} overrides unknown unlearn settings {unknown}")
-    unlearn_phase.check_config(_with_overrides(config, overrides))
+    try:
+      unlearn_phase.check_config(unlearners.with_unlearn(config, overrides))
+    except ValueError as e:
+      raise ValueError(f"sweep variant {name!r}: {e}") from None
 
 
 def sweep(config: ml_collections.ConfigDict, workdir: str, *,
@@ -126,16 +116,10 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *,
           row("retrained without the forget set", retrained, seconds.get("retrain"),
               "the ceiling")]
   for name, overrides in variants.items():
-    variant = _with_overrides(config, overrides)
     start = time.perf_counter()
-    prep = unlearn_phase.prepare(variant, data, spec, original)
-    state = parallel.block(prep.run(prep.state, prep.forget, prep.retain, prep.reference,
-                                    prep.threshold, prep.target_rate,
-                                    jnp.int32(variant.unlearn.max_steps)))
-    state = unlearn_phase.finish(prep, state)
+    params, info = unlearners.forsaken_request(config, data, spec, original, overrides)
     wall = time.perf_counter() - start
-    info = fj_unlearn.summarize(state)
-    rows.append(row(name, state.params, wall,
+    rows.append(row(name, params, wall,
                     f"{info['steps']} steps, {info['accepted']} accepted, stop: "
                     f"{info['stop_reason']}"))
 

@@ -68,6 +68,8 @@ RELEARN_OPTIMIZERS = {"sgd": optax.sgd,
 # The repair's learning rate over its steps (unlearn.repair_schedule).
 REPAIR_SCHEDULES = {"constant": lambda lr, steps: lr,
                     "cosine": optax.cosine_decay_schedule}
+# With unlearn.host_loop, the repair's steps per compiled call (unrolled).
+REPAIR_STEPS_PER_CALL = 10
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -198,7 +200,24 @@ def make_repair(config: ml_collections.ConfigDict, apply_fn: Any) -> Callable[..
   """
   uc = config.unlearn
   schedule = REPAIR_SCHEDULES[uc.repair_schedule](uc.repair_lr, uc.repair_steps)
-  return fj_unlearn.make_finetune_loop(apply_fn, optax.adam(schedule), num_steps=uc.repair_steps)
+  return fj_unlearn.make_finetune_loop(
+      apply_fn, optax.adam(schedule), num_steps=uc.repair_steps,
+      steps_per_call=REPAIR_STEPS_PER_CALL if uc.host_loop else None)
+
+
+def host_driven(step: Callable[..., Any]) -> Callable[..., fj_unlearn.ForsakenState]:
+  """`Forsaken.run`'s contract over a compiled single `step`, the loop in Python.
+
+  Each step's stop reason is read back before the next (which also blocks on
+  it, as the CPU backend needs).
+  """
+  def run(state, forget, retain, reference, threshold, target_rate, until_step):
+    until = int(until_step)
+    while int(state.stop_reason) == fj_unlearn.STOP_RUNNING and int(state.step) < until:
+      state, _ = step(state, forget, retain, reference, threshold, target_rate)
+    return state
+
+  return run
 
 
 def fresh_params(config: ml_collections.ConfigDict, model: Any) -> Any:
@@ -292,11 +311,15 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
   mask_shape = None if capacity is None else fj_unlearn.packed_mask_shape(original, capacity)
   state_shape = jax.eval_shape(
       lambda: forsaken.init(key, original, forget, retain, reference_shape, mask=mask_shape))
-  run_args = _abstract((state_shape, forget, retain, reference_shape,
-                        jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32),
-                        jax.ShapeDtypeStruct((), jnp.int32)), parallel.replicated(mesh))
+  scalar = jax.ShapeDtypeStruct((), jnp.float32)
+  step_args = (state_shape, forget, retain, reference_shape, scalar, scalar)
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    compiled_run = pool.submit(lambda: forsaken.run.lower(*run_args).compile())
+    if uc.host_loop:
+      compiled = pool.submit(lambda: forsaken.step.lower(
+          *_abstract(step_args, parallel.replicated(mesh))).compile())
+    else:
+      compiled = pool.submit(lambda: forsaken.run.lower(*_abstract(
+          (*step_args, jax.ShapeDtypeStruct((), jnp.int32)), parallel.replicated(mesh))).compile())
 
     saliency, reference, forget_scores, ref_scores = inputs(original, forget, retain_first,
                                                             nonmember)
@@ -311,7 +334,7 @@ def prepare(config: ml_collections.ConfigDict, data: fj_data.ExperimentData, spe
     if relative:
       reference = {**reference, "threshold": jnp.asarray(oracle.threshold, jnp.float32)}
     state = forsaken.init(key, original, forget, retain, reference, mask=mask)
-    run = compiled_run.result()
+    run = host_driven(compiled.result()) if uc.host_loop else compiled.result()
   repair = repair_data = shrink = None
   if uc.repair_steps:
     repair = make_repair(config, model.apply_fn)

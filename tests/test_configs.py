@@ -14,6 +14,9 @@ def test_config_loads_and_shrinks(name):
   module = importlib.import_module(f"experiments.configs.{name}")
   assert module.__doc__ and "python -m experiments." in module.__doc__  # says how to run it
   full, small = module.get_config(), module.get_config("runlocal")
+  if "scenarios" in full:  # the benchmark's: experiment configs by scenario
+    from experiments import benchmark  # pylint: disable=g-import-not-at-top
+    full, small = (benchmark.scenario_config(c, c.run_scenarios[0], 0) for c in (full, small))
   for config in (full, small):
     assert config.scenario.kind in ("ood", "random", "class")
     assert config.train.batch_size > 0 and config.train.steps > 0

@@ -301,12 +301,13 @@ def test_finetune_step(linear):
     step(params, tx.init(params), bad)
 
 
-def test_finetune_loop_equals_steps_with_cycled_batches(linear):
+@pytest.mark.parametrize("steps_per_call", [None, 1, 2, 5, 8])
+def test_finetune_loop_equals_steps_with_cycled_batches(linear, steps_per_call):
   apply_fn, params, batch = linear
   tx = optax.adam(0.05)
   other = {"image": batch["image"][::-1] * 0.5, "label": batch["label"][::-1]}
   stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), batch, other)
-  run = unlearn.make_finetune_loop(apply_fn, tx, num_steps=5)
+  run = unlearn.make_finetune_loop(apply_fn, tx, num_steps=5, steps_per_call=steps_per_call)
   looped, step_losses = run(params, stacked)
   step = unlearn.make_finetune_step(apply_fn, tx)
   expected, state = params, tx.init(params)
@@ -315,7 +316,10 @@ def test_finetune_loop_equals_steps_with_cycled_batches(linear):
     np.testing.assert_allclose(step_losses[t], info["loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert step_losses.shape == (5,)
   with pytest.raises(ValueError, match="num_steps"):
     unlearn.make_finetune_loop(apply_fn, tx, num_steps=0)
+  with pytest.raises(ValueError, match="steps_per_call"):
+    unlearn.make_finetune_loop(apply_fn, tx, num_steps=3, steps_per_call=0)
   with pytest.raises(ValueError, match="stacked"):
     run(params, batch)

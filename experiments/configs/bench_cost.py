@@ -97,6 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = 128
     config.train.schedule = "cosine"
     config.train.weight_decay = 1e-4
+    config.unlearn.host_loop = True  # the CNN's loops on a CPU (configs/default.py)
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use 'quick' (or 'runlocal'), 'cnn' "
                      "or nothing")

@@ -111,6 +111,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # request (less compiling, a slower loop), 27-39% slower once the
   # compilation cache holds the programs, hence off.
   config.unlearn.fast_compile = False
+  # True: the generator's loop and the repair are driven from Python (one
+  # compiled generator step, ten unrolled repair steps per call) instead of
+  # running as one jax.lax loop. Same result; XLA:CPU runs convolutions
+  # inside loop bodies several times slower (docs/RESULTS.md, section 8.4),
+  # so a CNN on a CPU wants it; the MLP and accelerators do not.
+  config.unlearn.host_loop = False
 
   config.evaluate = ml_collections.ConfigDict()
   config.evaluate.shokri_features = "sorted_label"  # "sorted" (label-agnostic) | "sorted_label"

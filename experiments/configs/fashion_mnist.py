@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 20
     config.shadow.num_models = 4
     config.shadow.num_shokri_models = 2
+    config.unlearn.host_loop = True  # a CNN on a CPU (configs/default.py)
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
   return config

@@ -8,6 +8,7 @@
   in the experiments) is this loop after the generator's steps.
 """
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -77,27 +78,38 @@ def make_finetune_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
 
 
 def make_finetune_loop(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, num_steps: int,
-                       loss_fn: losses.LossFn = losses.cross_entropy) -> Callable:
-  """`num_steps` optimizer steps on retained batches, cycled, in one program.
+                       loss_fn: losses.LossFn = losses.cross_entropy,
+                       steps_per_call: int | None = None) -> Callable:
+  """`num_steps` optimizer steps on retained batches, cycled.
 
   Args:
     apply_fn: `(params, images) -> logits`.
     tx: the optimizer; its state starts fresh.
     num_steps: steps to run (positive).
     loss_fn: per-example loss.
+    steps_per_call: None: all steps in one program (a `jax.lax.scan`, the
+      fastest where loop bodies run at full speed, e.g. on accelerators).
+      k: k steps per program, unrolled, called from Python until
+      `num_steps` are done (at most two programs are compiled: k steps and
+      the remainder). XLA:CPU runs convolutions inside a loop body several
+      times slower than outside one, so a CNN on a CPU wants this.
 
   Returns:
-    Jitted `run(params, retain_batches) -> (params, losses [num_steps])`,
-    `retain_batches` stacked `[K, B, ...]`: step t uses batch t % K.
+    `run(params, retain_batches) -> (params, losses [num_steps])`,
+    `retain_batches` stacked `[K, B, ...]`: step t uses batch t % K. Jitted
+    (and traceable inside a caller's jit) when `steps_per_call` is None.
   """
   if num_steps < 1:
     raise ValueError(f"num_steps must be positive, got {num_steps}")
+  if steps_per_call is not None and steps_per_call < 1:
+    raise ValueError(f"steps_per_call must be positive or None, got {steps_per_call}")
 
-  @jax.jit
-  def run(params, retain_batches):
+  def check(retain_batches):
     check_batch(retain_batches, "retain_batches", stacked=True)
     if jnp.ndim(retain_batches["label"]) != 2:
       raise ValueError("retain_batches must be stacked [K, B, ...]")
+
+  def steps(params, opt_state, retain_batches, first, count, unroll):
     num_batches = jnp.shape(retain_batches["label"])[0]
 
     def step(carry, t):
@@ -110,8 +122,28 @@ def make_finetune_loop(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, n
       updates, opt_state = tx.update(grads, opt_state, p)
       return (optax.apply_updates(p, updates), opt_state), loss
 
-    (params, _), step_losses = jax.lax.scan(step, (params, tx.init(params)),
-                                            jnp.arange(num_steps))
-    return params, step_losses
+    return jax.lax.scan(step, (params, opt_state), first + jnp.arange(count), unroll=unroll)
 
-  return run
+  if steps_per_call is None:
+    @jax.jit
+    def run(params, retain_batches):
+      check(retain_batches)
+      (params, _), step_losses = steps(params, tx.init(params), retain_batches, 0, num_steps, 1)
+      return params, step_losses
+
+    return run
+
+  @functools.partial(jax.jit, static_argnames="count")
+  def chunk(params, opt_state, retain_batches, first, count):
+    return steps(params, opt_state, retain_batches, first, count, True)
+
+  def run_in_chunks(params, retain_batches):
+    check(retain_batches)
+    carry, chunks = (params, tx.init(params)), []
+    for first in range(0, num_steps, steps_per_call):
+      carry, step_losses = chunk(*carry, retain_batches, jnp.int32(first),
+                                 count=min(steps_per_call, num_steps - first))
+      chunks.append(jax.block_until_ready(step_losses))
+    return carry[0], jnp.concatenate(chunks)
+
+  return run_in_chunks
