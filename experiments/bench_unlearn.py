@@ -23,7 +23,8 @@ workdir holding a copy of the train phase:
 * the unlearn phase under each of `--settings` (default: "default" and
   "fast_compile", i.e. `unlearn.fast_compile` True: XLA optimization level
   0; "paper": the paper's Forsaken without the removal step, to time what
-  that step costs): once with an empty compilation cache ("first run"),
+  that step costs; "while_loop" / "host_loop": `unlearn.host_loop` False /
+  True, the loops as one program or driven from Python): once with an empty compilation cache ("first run"),
   then `--repeats` times with the cache that run filled ("warm cache",
   median reported);
 * with `--other-workdir`, a finished run of the same config with another
@@ -59,6 +60,9 @@ SETTINGS = {
     "fast_compile": ["--config.unlearn.fast_compile=True"],
     "paper": ["--config.unlearn.shrink=1.0", "--config.unlearn.perturb=0.0",
               "--config.unlearn.repair_steps=0"],
+    # How the generator's loop and the repair are driven (unlearn.host_loop).
+    "while_loop": ["--config.unlearn.host_loop=False"],
+    "host_loop": ["--config.unlearn.host_loop=True"],
 }
 
 

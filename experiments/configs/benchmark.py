@@ -70,9 +70,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Half-decade steps over four decades around each base value.
   config.selection.multipliers = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
   # The values the selection chose (python -m experiments.benchmark
-  # --config ...:select), per scenario and method.
+  # --config ...:select; its table is in docs/BENCHMARK.md), per scenario and
+  # method.
   config.selected = ml_collections.ConfigDict({
-      "photos": {}, "random10": {}, "class": {}})
+      "photos": {
+          "forsaken": 0.003, "boundary_shrink": 0.001, "finetune": 0.1, "gradient_ascent": 3e-05,
+          "influence_unlearning": 0.6, "l1_sparse": 0.1, "neggrad_plus": 0.0003,
+          "random_labels": 0.003, "salun": 0.0039, "scrub": 1.5e-05, "shrink_perturb": 0.005
+      },
+      "random10": {
+          "forsaken": 0.0003, "boundary_shrink": 3e-05, "finetune": 0.03,
+          "gradient_ascent": 0.003, "influence_unlearning": 6.0, "l1_sparse": 0.03,
+          "neggrad_plus": 0.03, "random_labels": 0.0003, "salun": 0.0013, "scrub": 0.00015,
+          "shrink_perturb": 0.005
+      },
+      "class": {
+          "forsaken": 0.0003, "boundary_shrink": 0.0001, "finetune": 0.1,
+          "gradient_ascent": 0.0001, "influence_unlearning": 20.0, "l1_sparse": 0.1,
+          "neggrad_plus": 0.03, "random_labels": 0.001, "salun": 0.0039, "scrub": 1.5e-05,
+          "shrink_perturb": 0.005
+      },
+  })
   config.progress = True
 
   if arg in ("quick", "runlocal"):
