@@ -179,3 +179,11 @@ def test_host_driven_loops_give_the_same_model(run):
   assert loop_info == host_info and host_info["steps"] == 4
   for a, b in zip(jax.tree.leaves(loop_params), jax.tree.leaves(host_params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+def test_selected_values_of_methods_left_out_are_kept():
+  config = _only(benchmark_config.get_config(), ("forsaken", "finetune"))
+  benchmark.check_config(config)  # the other methods' selected values stay, unused
+  sc = benchmark.scenario_config(config, "photos", 0)
+  assert benchmark.chosen_value(config, "photos", "finetune", sc) == (
+      config.selected.photos.finetune, True)

@@ -111,6 +111,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       method.steps = min(method.steps, 3)
     config.selection.seed = 7
     config.selection.multipliers = (0.1, 1.0)
+    # The full scenarios' choices do not carry over to the digits.
+    config.selected = ml_collections.ConfigDict({"photos": {}, "random10": {}, "class": {}})
   elif arg == "select":
     config.select = True
   elif arg:
