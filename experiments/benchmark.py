@@ -330,7 +330,7 @@ def _format(key: str, stats: dict[str, Any] | None) -> str:
   scale, digits = (100.0, 1) if key in PERCENT_KEYS else (1.0, 1)
   if key == "lira_auc":
     scale, digits = 1.0, 3
-  mean, std = scale * stats["mean"], scale * stats["std"]
+  mean, std = scale * stats["mean"] + 0.0, scale * stats["std"]  # + 0.0: no "-0.0"
   text = f"{mean:.{digits}f} ± {std:.{digits}f}"
   if stats.get("capped"):
     text = f"≥ {text} ({stats['capped']} not reached)"
