@@ -383,6 +383,20 @@ def markdown(config: ml_collections.ConfigDict, results: dict[str, Any]) -> str:
   return "\n".join(parts)
 
 
+def _style(name: str, index: int) -> dict[str, Any]:
+  """One look per row, the same in both plots: retraining, the original and Forsaken stand out."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  fixed = {"original": ("x", "grey", 80, ":"), "retrain": ("*", "black", 200, "--"),
+           unlearners.FORSAKEN: ("D", "red", 70, "-")}
+  if name in fixed:
+    marker, color, size, linestyle = fixed[name]
+  else:  # tab20 without its reds and greys: 16 colours apart from the fixed ones
+    palette = [k for k in range(20) if k not in (6, 7, 14, 15)]
+    color = matplotlib.colormaps["tab20"](palette[index % len(palette)])
+    marker, size, linestyle = "o", 40, "-"
+  return {"marker": marker, "color": color, "size": size, "linestyle": linestyle}
+
+
 def plots(config: ml_collections.ConfigDict, results: dict[str, Any],
           cells: common.ResultCells, out: str) -> list[str]:
   """`scatter.png` (forget-set vs test accuracy) and `roc.png` (LiRA, first seed)."""
@@ -398,9 +412,8 @@ def plots(config: ml_collections.ConfigDict, results: dict[str, Any],
       if row.get("UA") is None or row.get("TA") is None:
         continue
       x, y = 100 * (1 - row["UA"]["mean"]), 100 * row["TA"]["mean"]
-      style = {"original": dict(marker="x", color="grey", s=80),
-               "retrain": dict(marker="*", color="black", s=200)}.get(
-                   name, dict(marker="o", color=f"C{i % 10}", s=40))
+      style = _style(name, i)
+      style = {"marker": style["marker"], "color": style["color"], "s": style["size"]}
       ax.errorbar(x, y, xerr=100 * row["UA"]["std"], yerr=100 * row["TA"]["std"],
                   fmt="none", ecolor=style["color"], alpha=0.5)
       ax.scatter([x], [y], label=name, **style)
@@ -423,10 +436,10 @@ def plots(config: ml_collections.ConfigDict, results: dict[str, Any],
         continue
       fpr, tpr, _ = mia.roc_curve(np.asarray(cell["lira_forget"]),
                                   np.asarray(cell["lira_lookalikes"]))
-      style = {"original": ("grey", ":"), "retrain": ("black", "--")}.get(name,
-                                                                         (f"C{i % 10}", "-"))
-      ax.plot(np.asarray(fpr), np.asarray(tpr), color=style[0], linestyle=style[1],
-              label=f"{name} (AUC {cell['lira_auc']:.2f})", linewidth=1)
+      style = _style(name, i)
+      ax.plot(np.asarray(fpr), np.asarray(tpr), color=style["color"],
+              linestyle=style["linestyle"], label=f"{name} (AUC {cell['lira_auc']:.2f})",
+              linewidth=2 if name == unlearners.FORSAKEN else 1)
     ax.plot([0, 1], [0, 1], color="lightgrey", linewidth=0.5)
     ax.set_title(f"{scenario}, seed {seed}: LiRA, forget set vs look-alikes")
     ax.set_xlabel("false-positive rate")
