@@ -24,9 +24,9 @@ workdir holding a copy of the train phase:
   "fast_compile", i.e. `unlearn.fast_compile` True: XLA optimization level
   0; "paper": the paper's Forsaken without the removal step, to time what
   that step costs; "while_loop" / "host_loop": `unlearn.host_loop` False /
-  True, the loops as one program or driven from Python): once with an empty compilation cache ("first run"),
-  then `--repeats` times with the cache that run filled ("warm cache",
-  median reported);
+  True, the loops as one program or driven from Python): once with an
+  empty compilation cache ("first run"), then `--repeats` times with the
+  cache that run filled ("warm cache", median reported);
 * with `--other-workdir`, a finished run of the same config with another
   seed (another model, forget set and mask, same architecture and sizes),
   once with the cache the first run filled ("another forget set").

@@ -53,12 +53,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from experiments import cli, common, relearn, report, unlearners
+from experiments import cli, common, main, relearn, report, unlearners
 from experiments import evaluate as evaluate_phase
-from experiments import retrain as retrain_phase
-from experiments import shadow as shadow_phase
-from experiments import train as train_phase
-from experiments import unlearn as unlearn_phase
 from forsaken_jax import mia, parallel, train
 
 FIXED_ROWS = ("original", "retrain")
@@ -112,7 +108,8 @@ def scenario_config(config: ml_collections.ConfigDict, scenario: str, seed: int
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for an unknown method or scenario, or a bad selected value."""
+  """Raises ValueError for an unknown method or scenario, a bad selected value, or a
+  scenario config (with the overrides) that a phase would refuse."""
   for method, spec in config.methods.items():
     unlearners.check_method(method)
     if method != unlearners.FORSAKEN and spec.steps < 1:
@@ -130,6 +127,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"selected.{scenario}: unknown methods {unknown}")
   if not config.seeds:
     raise ValueError("seeds must name at least one seed")
+  # Every scenario's own choices, here rather than when its turn comes.
+  for scenario in scenarios(config):
+    sc = scenario_config(config, scenario, config.seeds[0])
+    try:
+      main.check_config(sc)
+    except ValueError as e:
+      raise ValueError(f"scenario {scenario!r}: {e}") from None
+    if config.relearn_setting not in sc.evaluate.relearn.settings:
+      raise ValueError(f"relearn_setting {config.relearn_setting!r} is not one of scenario "
+                       f"{scenario!r}'s evaluate.relearn.settings "
+                       f"{list(sc.evaluate.relearn.settings)}")
 
 
 def base_value(config: ml_collections.ConfigDict, method: str,
@@ -171,22 +179,15 @@ def methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(sorted(names, key=lambda n: n != unlearners.FORSAKEN))
 
 
-def _signature(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> dict[str, Any]:
-  return common.signature(config, keys)
-
-
 # ----------------------------------------------------------------------------- runs
 
 
 def run_pipeline(sc: ml_collections.ConfigDict, run_dir: str, *, shadows: bool) -> None:
   """The scenario's train, (shadow,) and retrain phases in `run_dir`; finished ones are skipped."""
-  unlearn_phase.check_config(sc)
-  relearn.check_config(sc)
-  phases = [("train", train_phase.train_and_evaluate)]
-  if shadows:
-    phases.append(("shadow", shadow_phase.train_shadows))
-  phases.append(("retrain", retrain_phase.retrain))
-  common.run_phases(phases, sc, run_dir, name=f"phases of {run_dir}", report=False)
+  wanted = ("train", "shadow", "retrain") if shadows else ("train", "retrain")
+  main.check_config(sc)
+  common.run_phases([(name, fn) for name, fn in main.PHASES if name in wanted], sc, run_dir,
+                    name=f"phases of {run_dir}", report=False)
 
 
 def _timed_request(config, sc, method, value, data, spec, original):
@@ -478,7 +479,7 @@ def select(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   os.makedirs(out, exist_ok=True)
   seed = int(config.selection.seed)
   # Cells are keyed by the value tried, so a wider grid reuses the values tried before.
-  cells = common.ResultCells(out, {**_signature(config, SELECTION_SIGNATURE_KEYS),
+  cells = common.ResultCells(out, {**common.signature(config, SELECTION_SIGNATURE_KEYS),
                                    "selection_seed": seed})
   multipliers = tuple(config.selection.multipliers)
   total = len(scenarios(config)) * len(config.methods) * len(multipliers)
@@ -555,7 +556,7 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     return select(config, workdir)
   out = os.path.join(workdir, "benchmark")
   os.makedirs(out, exist_ok=True)
-  cells = common.ResultCells(out, _signature(config, SIGNATURE_KEYS))
+  cells = common.ResultCells(out, common.signature(config, SIGNATURE_KEYS))
   total = len(scenarios(config)) * len(config.seeds) * (len(FIXED_ROWS) + len(config.methods))
   bar = common.progress(total, desc="benchmark cells", enabled=bool(config.progress))
   for scenario in scenarios(config):

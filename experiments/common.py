@@ -22,9 +22,8 @@ from forsaken_jax import data as fj_data
 from forsaken_jax import losses, models
 
 # Config fields that may change between an interrupted run and its resume
-# without changing what the run computes.
-# Keys that say how a run proceeds, not what it computes (host_loop: whether
-# loops are driven from Python or run as one program).
+# without changing what the run computes: how it logs, checkpoints and shows
+# progress, and (host_loop) whether its loops run as one program or from Python.
 RESUMABLE_KEYS = ("log_every", "checkpoint_every", "eval_every", "progress", "host_loop")
 
 

@@ -20,15 +20,22 @@ from experiments import shadow as shadow_phase
 from experiments import train as train_phase
 from experiments import unlearn as unlearn_phase
 
-def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs every phase in order and returns the evaluate phase's metrics."""
-  # Choices that later phases read fail here, not after the first phases ran.
+# The phases in order, by name.
+PHASES = (("train", train_phase.train_and_evaluate), ("shadow", shadow_phase.train_shadows),
+          ("unlearn", unlearn_phase.unlearn), ("retrain", retrain_phase.retrain),
+          ("evaluate", evaluate_phase.evaluate))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a choice a later phase reads, before any phase runs."""
   unlearn_phase.check_config(config)
   relearn.check_config(config)
-  phases = (("train", train_phase.train_and_evaluate), ("shadow", shadow_phase.train_shadows),
-            ("unlearn", unlearn_phase.unlearn), ("retrain", retrain_phase.retrain),
-            ("evaluate", evaluate_phase.evaluate))
-  return common.run_phases(phases, config, workdir)
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every phase in order and returns the evaluate phase's metrics."""
+  check_config(config)
+  return common.run_phases(PHASES, config, workdir)
 
 
 if __name__ == "__main__":

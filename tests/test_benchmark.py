@@ -121,23 +121,25 @@ def test_selection_picks_the_smallest_validation_gap(tmp_path):
     ({"run_scenarios": ("photos", "nope")}, "unknown scenarios"),
     ({"selected": {"photos": {"nope": 1.0}}}, "unknown methods"),
     ({"seeds": ()}, "at least one seed"),
+    ({"relearn_setting": "nope"}, "relearn_setting 'nope' is not one of"),
+    ({"overrides": {"unlearn": {"relearn_optimizer": "bogus"}}},
+     "scenario 'photos': unlearn.relearn_optimizer must be one of"),
+    ({"overrides": {"train": {"stepz": 5}}}, "no train.stepz"),
 ])
 def test_bad_config_is_refused_before_running(tmp_path, change, message):
   config = _quick(str(tmp_path))
   with config.unlocked():
     for key, value in change.items():
-      config[key] = value
+      if key == "overrides":  # added to the quick overrides, section by section
+        for section, settings in value.items():
+          if section not in config.overrides:
+            config.overrides[section] = {}
+          config.overrides[section].update(settings)
+      else:
+        config[key] = value
   with pytest.raises(ValueError, match=message):
     benchmark.benchmark(config, str(tmp_path))
   assert not os.path.exists(os.path.join(str(tmp_path), "benchmark"))
-
-
-def test_override_of_a_missing_setting_is_an_error():
-  config = benchmark_config.get_config("quick")
-  with config.unlocked():
-    config.overrides.train.stepz = 5
-  with pytest.raises(ValueError, match="no train.stepz"):
-    benchmark.scenario_config(config, "photos", 0)
 
 
 def test_scenario_config_applies_overrides_and_seed():
