@@ -186,7 +186,7 @@ def run_pipeline(sc: ml_collections.ConfigDict, run_dir: str, *, shadows: bool) 
   """The scenario's train, (shadow,) and retrain phases in `run_dir`; finished ones are skipped."""
   wanted = ("train", "shadow", "retrain") if shadows else ("train", "retrain")
   main.check_config(sc)
-  common.run_phases([(name, fn) for name, fn in main.PHASES if name in wanted], sc, run_dir,
+  common.run_phases([(name, fn) for name, fn in main.phases() if name in wanted], sc, run_dir,
                     name=f"phases of {run_dir}", report=False)
 
 

@@ -11,6 +11,8 @@ Ends by printing the audit's summary table (also in
 """
 
 
+from typing import Any
+
 import ml_collections
 
 from experiments import cli, common, relearn
@@ -20,8 +22,9 @@ from experiments import shadow as shadow_phase
 from experiments import train as train_phase
 from experiments import unlearn as unlearn_phase
 
-# The phases in order, by name.
-PHASES = (("train", train_phase.train_and_evaluate), ("shadow", shadow_phase.train_shadows),
+def phases() -> tuple[tuple[str, Any], ...]:
+  """The phases in order, `(name, function)`, looked up when called (tests patch them)."""
+  return (("train", train_phase.train_and_evaluate), ("shadow", shadow_phase.train_shadows),
           ("unlearn", unlearn_phase.unlearn), ("retrain", retrain_phase.retrain),
           ("evaluate", evaluate_phase.evaluate))
 
@@ -35,7 +38,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every phase in order and returns the evaluate phase's metrics."""
   check_config(config)
-  return common.run_phases(PHASES, config, workdir)
+  return common.run_phases(phases(), config, workdir)
 
 
 if __name__ == "__main__":
