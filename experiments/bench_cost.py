@@ -420,6 +420,12 @@ def plot(sizes: list[dict[str, Any]], methods: list[str], path: str) -> None:
   plt.close(fig)
 
 
+def cells_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What the cells depend on. Not `bench.sizes`: a cell is keyed by its own
+  size, so a run may add sizes to a finished one."""
+  return common.signature(config, SIGNATURE_SECTIONS, ignore=(*common.RESUMABLE_KEYS, "sizes"))
+
+
 def bench_cost(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs every unfinished cell, then writes the table, the JSON and the plot.
 
@@ -429,7 +435,7 @@ def bench_cost(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   """
   out = os.path.join(workdir, "bench_cost")
   os.makedirs(out, exist_ok=True)
-  cells = common.ResultCells(out, common.signature(config, SIGNATURE_SECTIONS))
+  cells = common.ResultCells(out, cells_signature(config))
   methods = [FORSAKEN, *config.bench.methods.keys()]
   unknown = sorted(set(methods[1:]) - set(fj_unlearn.METHODS))
   if unknown:

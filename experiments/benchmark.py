@@ -53,7 +53,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from experiments import cli, common, main, relearn, report, unlearners
+from experiments import challenge, cli, common, main, relearn, report, unlearners
 from experiments import evaluate as evaluate_phase
 from forsaken_jax import mia, parallel, train
 
@@ -61,6 +61,8 @@ FIXED_ROWS = ("original", "retrain")
 SIGNATURE_KEYS = ("scenarios", "scenario_arg", "overrides", "methods", "relearn_setting",
                   "selected")
 SELECTION_SIGNATURE_KEYS = ("scenarios", "scenario_arg", "overrides", "methods")
+CHALLENGE_SIGNATURE_KEYS = ("scenarios", "scenario_arg", "overrides", "methods", "selected",
+                            "challenge")
 # (key, header, "closest" to retraining is best | "low" is best)
 COLUMNS = (
     ("UA", "UA", "closest"), ("RA", "RA", "closest"), ("TA", "TA", "closest"),
@@ -127,8 +129,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"selected.{scenario}: unknown methods {unknown}")
   if not config.seeds:
     raise ValueError("seeds must name at least one seed")
+  cc = config.challenge
+  if cc.num_models:
+    mia.epsilon_cutoff(cc.num_models)  # N >= 3
+    unknown = sorted(set(cc.scenarios) - set(config.scenarios))
+    if unknown:
+      raise ValueError(f"challenge.scenarios: unknown scenarios {unknown}; the config has "
+                       f"{list(config.scenarios)}")
   # Every scenario's own choices, here rather than when its turn comes.
-  for scenario in scenarios(config):
+  for scenario in dict.fromkeys([*scenarios(config), *challenge_scenarios(config)]):
     sc = scenario_config(config, scenario, config.seeds[0])
     try:
       main.check_config(sc)
@@ -171,6 +180,11 @@ def chosen_value(config: ml_collections.ConfigDict, scenario: str, method: str,
 def scenarios(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The scenarios to run, in table order."""
   return tuple(config.run_scenarios)
+
+
+def challenge_scenarios(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The scenarios the challenge's forgetting quality is measured on (none when N = 0)."""
+  return tuple(config.challenge.scenarios) if config.challenge.num_models else ()
 
 
 def methods(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -277,6 +291,50 @@ def run_seed(config: ml_collections.ConfigDict, scenario: str, seed: int, out: s
         f"relearn {cell['relearn_steps_to_80']} in {info['seconds'] or 0:.1f} s"
         if audited is not None else "non-finite parameters"))
     bar.update(1)
+
+
+def run_challenge(config: ml_collections.ConfigDict, out: str
+                  ) -> dict[str, dict[str, dict[str, Any]]]:
+  """The challenge's forgetting quality of every method (`experiments.challenge`).
+
+  Each (scenario, row) is a cell of `<out>/challenge/cells.json`; the 2N
+  models of a scenario are a resumable run of their own.
+
+  Returns:
+    `{scenario: {row: figures}}`, rows "original" then the methods.
+  """
+  cc = config.challenge
+  rows = ("original", *methods(config))
+  cells = common.ResultCells(os.path.join(out, "challenge"),
+                             common.signature(config, CHALLENGE_SIGNATURE_KEYS))
+  bar = common.progress(len(challenge_scenarios(config)) * len(rows) * cc.num_models,
+                        desc="challenge requests", enabled=bool(config.progress))
+  results = {}
+  for scenario in challenge_scenarios(config):
+    keys = {row: f"{scenario}/{row}" for row in rows}
+    pending = [row for row in rows if cells.get(keys[row]) is None]
+    bar.update((len(rows) - len(pending)) * cc.num_models)
+    if pending:
+      sc = scenario_config(config, scenario, cc.seed)
+      run_dir = os.path.join(out, "runs", f"{scenario}_s{cc.seed}")
+      run_pipeline(sc, run_dir, shadows=False)
+      data, _ = common.load_upstream_data(sc, run_dir)
+      originals, retrained_models, seconds = challenge.train_models(
+          sc, challenge.models_directory(out, scenario, cc.seed), data, cc.num_models)
+      common.log(f"[benchmark] challenge {scenario}: {2 * cc.num_models} models trained in "
+                 f"{seconds:.0f} s")
+      evaluation = challenge.Evaluation(sc, data)
+      retrained = evaluation(retrained_models)
+      for row in pending:
+        method = None if row == "original" else row
+        hp = ({} if method is None
+              else hyperparameters(config, row, chosen_value(config, scenario, row, sc)[0]))
+        cell = challenge.method_cell(sc, data, originals, method, hp, evaluation, retrained, bar)
+        cells.put(keys[row], cell)
+        common.log(f"[benchmark] challenge {keys[row]}: F {cell.get('F', float('nan')):.3f}")
+    results[scenario] = {row: cells.get(keys[row]) for row in rows}
+  bar.close()
+  return results
 
 
 # ----------------------------------------------------------------------------- tables and plots
@@ -565,13 +623,19 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   bar.close()
   results = aggregate(config, cells)
   table = markdown(config, results)
+  quality = run_challenge(config, out) if config.challenge.num_models else {}
+  if quality:
+    table += "\n\n" + challenge.markdown(quality, config.challenge.num_models)
   common.log(table)
   if common.is_main_process():
     with open(os.path.join(out, "results.md"), "w") as f:
       f.write(table + "\n")
     common.write_json(os.path.join(out, "results.json"), results)
+    if quality:
+      common.write_json(os.path.join(out, "challenge", "results.json"), quality)
     plots(config, results, cells, out)
-  return {"results": results, "table": table, "computed": cells.computed}
+  return {"results": results, "challenge": quality, "table": table,
+          "computed": cells.computed}
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def _fr(entry: Mapping[str, Any] | None) -> str:
   if entry is None:
     return "n/a"
   if entry["rate"] is None:
-    return f"undefined (B_T=0)"
+    return "undefined (B_T=0)"
   return f"{100 * entry['rate']:.1f}% (B_T={entry['b_t']}, A_F={entry['a_f']})"
 
 

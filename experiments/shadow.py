@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from experiments import cli, common
-from forsaken_jax import checkpoints, parallel
+from forsaken_jax import checkpoints
 from forsaken_jax import data as fj_data
 from forsaken_jax import mia
 from forsaken_jax.mia import shadow as shadow_lib
@@ -68,50 +68,113 @@ def shadow_design(splits: fj_data.Splits, *, num_lira: int, num_shokri: int, see
           "num_lira": np.array([num_lira])}
 
 
-def train_shadows(config: ml_collections.ConfigDict, workdir: str,
-                  stop_after: int | None = None) -> dict[str, Any]:
-  """Runs the shadow phase (see the module docstring)."""
-  data, _ = common.load_upstream_data(config, workdir)
-  sc, tc = config.shadow, config.train
-  num_models = sc.num_models + sc.num_shokri_models
-  steps = sc.get("steps") or tc.steps
-  design = shadow_design(data.splits, num_lira=sc.num_models, num_shokri=sc.num_shokri_models,
-                         seed=config.seed)
-  spec = common.model_spec(config, data)
-  model = common.create_model(spec)
+def train_stacked(config: ml_collections.ConfigDict, directory: str, data: fj_data.ExperimentData,
+                  design: dict[str, np.ndarray], *, phase: str, key: jax.Array, steps: int,
+                  meta: dict[str, Any], stop_after: int | None = None) -> tuple[Any, float]:
+  """Trains one model per row of `design["keep"]` as one stacked, resumable run.
+
+  Every model trains like the target (`config.train`'s optimizer, batch size
+  and loss), on the pool examples `design["universe"][keep[k]]`.
+
+  Args:
+    config: the experiment config.
+    directory: the run's own directory; checkpoints go to `<directory>/checkpoints`
+      and metrics beside them.
+    data: the run's data.
+    design: `{"universe": [U] pool indices, "keep": bool [K, U], ...}`, saved
+      with the checkpoints as the splits item.
+    phase: the run's name (messages, checkpoint meta).
+    key: split into the K models' initialization keys.
+    steps: steps per model.
+    meta: the checkpoint meta this run writes; a stored run must agree on
+      `COMPATIBILITY_KEYS`.
+    stop_after: stop after this many steps (tests of resumption).
+
+  Returns:
+    `(stacked state, training seconds)`.
+  """
+  tc = config.train
+  universe, keep = design["universe"], design["keep"]
+  num_models = keep.shape[0]
+  model = common.create_model(common.model_spec(config, data))
   tx = common.make_optimizer(tc)
   mesh = shadow_lib.model_mesh(num_models)
   sharding = shadow_lib.stacked_sharding(mesh)
-  expected_meta = checkpoints.base_meta(
-      PHASE, model=spec, dataset_fingerprint=data.fingerprint(),
-      signature=common.signature(config, SIGNATURE_SECTIONS), num_lira_models=sc.num_models,
-      num_shokri_models=sc.num_shokri_models, config=config.to_dict())
-  keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1), num_models)
+  keys = jax.random.split(key, num_models)
   init = functools.partial(shadow_lib.init_stacked_state, model.init_fn, tx, keys, mesh=mesh)
-
-  manager = checkpoints.open_manager(common.checkpoint_dir(workdir, PHASE))
+  manager = checkpoints.open_manager(os.path.join(directory, "checkpoints"))
   state, elapsed_before = common.restore_or_init(
-      phase=PHASE, manager=manager, init=init, sharding=sharding, expected_meta=expected_meta,
+      phase=phase, manager=manager, init=init, sharding=sharding, expected_meta=meta,
       check_keys=COMPATIBILITY_KEYS)
-  universe, keep = design["universe"], design["keep"]
   images, labels = data.pool.images, data.pool.labels
 
   def make_batch(step):
     idx = universe[shadow_lib.shadow_batch_indices(keep, tc.batch_size, step, seed=config.seed)]
     return {"image": images[idx], "label": labels[idx]}
 
-  state, seconds = common.run_steps(
-      phase=PHASE, state=state,
+  return common.run_steps(
+      phase=phase, state=state,
       step_fn=shadow_lib.make_stacked_train_step(model.apply_fn, tx, loss_fn=common.loss_fn(config),
                                                  mesh=mesh),
-      make_batch=make_batch, num_steps=steps, manager=manager, meta=expected_meta,
-      splits=design, log_every=tc.log_every, checkpoint_every=sc.get("checkpoint_every", 500),
-      writer=common.MetricWriter(os.path.join(workdir, PHASE)),
-      show_progress=tc.get("progress", True), elapsed_before=elapsed_before,
-      stop_after=stop_after, hint=f"lower train.learning_rate (now {tc.learning_rate}).")
+      make_batch=make_batch, num_steps=steps, manager=manager, meta=meta, splits=design,
+      log_every=tc.log_every, checkpoint_every=config.shadow.get("checkpoint_every", 500),
+      writer=common.MetricWriter(directory), show_progress=tc.get("progress", True),
+      elapsed_before=elapsed_before, stop_after=stop_after,
+      hint=f"lower train.learning_rate (now {tc.learning_rate}).")
+
+
+def load_stacked(config: ml_collections.ConfigDict, directory: str, data: fj_data.ExperimentData,
+                 *, num_models: int, steps: int, meta: dict[str, Any]
+                 ) -> tuple[Any, dict[str, np.ndarray]]:
+  """Reads a finished `train_stacked` run read-only: `(stacked params, design)`.
+
+  Raises:
+    checkpoints.CheckpointError: missing, incompatible (`meta` disagrees on
+      `COMPATIBILITY_KEYS`) or unfinished.
+  """
+  model = common.create_model(common.model_spec(config, data))
+  tx = common.make_optimizer(config.train)
+  keys = jax.random.split(jax.random.key(0), num_models)
+  abstract = jax.eval_shape(functools.partial(shadow_lib.init_stacked_state, model.init_fn, tx),
+                            keys)
+  manager = checkpoints.open_manager(os.path.join(directory, "checkpoints"), read_only=True)
+  state, design, _ = checkpoints.restore(manager, abstract, expected_meta=meta,
+                                         check_keys=COMPATIBILITY_KEYS)
+  done = int(np.max(np.asarray(state["step"])))
+  if done < steps:
+    raise checkpoints.CheckpointError(
+        f"the run in {manager.directory} stopped at step {done} of {steps}: run it again to "
+        "finish")
+  return state["params"], design
+
+
+def _meta(config: ml_collections.ConfigDict, data: fj_data.ExperimentData,
+          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  return checkpoints.base_meta(
+      PHASE, model=common.model_spec(config, data), dataset_fingerprint=data.fingerprint(),
+      signature=common.signature(config, SIGNATURE_SECTIONS), **(extra or {}))
+
+
+def train_shadows(config: ml_collections.ConfigDict, workdir: str,
+                  stop_after: int | None = None) -> dict[str, Any]:
+  """Runs the shadow phase (see the module docstring)."""
+  data, _ = common.load_upstream_data(config, workdir)
+  sc = config.shadow
+  num_models = sc.num_models + sc.num_shokri_models
+  steps = sc.get("steps") or config.train.steps
+  design = shadow_design(data.splits, num_lira=sc.num_models, num_shokri=sc.num_shokri_models,
+                         seed=config.seed)
+  meta = _meta(config, data, {"num_lira_models": sc.num_models,
+                              "num_shokri_models": sc.num_shokri_models,
+                              "config": config.to_dict()})
+  _, seconds = train_stacked(
+      config, os.path.join(workdir, PHASE), data, design, phase=PHASE,
+      key=jax.random.fold_in(jax.random.key(config.seed), 1), steps=steps, meta=meta,
+      stop_after=stop_after)
   summary = {"phase": PHASE, "num_lira_models": sc.num_models,
              "num_shokri_models": sc.num_shokri_models, "steps": int(steps),
-             "shadow_seconds": seconds, "devices_used": int(mesh.size)}
+             "shadow_seconds": seconds,
+             "devices_used": int(shadow_lib.model_mesh(num_models).size)}
   if common.is_main_process():
     common.write_json(os.path.join(workdir, PHASE, "summary.json"), summary)
   common.log(f"[shadow] {num_models} shadow models ({sc.num_models} LiRA + "
@@ -122,27 +185,10 @@ def train_shadows(config: ml_collections.ConfigDict, workdir: str,
 def load_shadows(config: ml_collections.ConfigDict, workdir: str, data: fj_data.ExperimentData
                  ) -> tuple[Any, dict[str, np.ndarray]]:
   """Reads the shadow phase's checkpoint read-only: `(stacked params, design)`."""
-  spec = common.model_spec(config, data)
-  model = common.create_model(spec)
   sc = config.shadow
-  num_models = sc.num_models + sc.num_shokri_models
-  tx = common.make_optimizer(config.train)
-  keys = jax.random.split(jax.random.key(0), num_models)
-  abstract = jax.eval_shape(functools.partial(shadow_lib.init_stacked_state, model.init_fn, tx),
-                            keys)
-  manager = checkpoints.open_manager(common.checkpoint_dir(workdir, PHASE), read_only=True)
-  expected = checkpoints.base_meta(
-      PHASE, model=spec, dataset_fingerprint=data.fingerprint(),
-      signature=common.signature(config, SIGNATURE_SECTIONS))
-  state, design, meta = checkpoints.restore(manager, abstract, expected_meta=expected,
-                                            check_keys=COMPATIBILITY_KEYS)
-  steps = sc.get("steps") or config.train.steps
-  if int(np.max(np.asarray(state["step"]))) < steps:
-    raise checkpoints.CheckpointError(
-        f"the shadow phase in {manager.directory} stopped at step "
-        f"{int(np.max(np.asarray(state['step'])))} of {steps}: run it again to finish")
-  del meta
-  return state["params"], design
+  return load_stacked(config, os.path.join(workdir, PHASE), data,
+                      num_models=sc.num_models + sc.num_shokri_models,
+                      steps=sc.get("steps") or config.train.steps, meta=_meta(config, data))
 
 
 if __name__ == "__main__":

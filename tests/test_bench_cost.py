@@ -105,3 +105,13 @@ def test_refuses_another_config(run):
   config.bench.epochs += 1
   with pytest.raises(SystemExit, match="another config"):
     bench_cost.bench_cost(config, run["workdir"])
+
+
+def test_sizes_can_be_added_to_a_finished_run():
+  """Cells are keyed by size: the sizes run are not part of what a cell depends on."""
+  config = bench_cost_config.get_config("quick")
+  more = config.copy_and_resolve_references()
+  more.bench.sizes = (*config.bench.sizes, 900)
+  assert bench_cost.cells_signature(more) == bench_cost.cells_signature(config)
+  more.bench.epochs += 1
+  assert bench_cost.cells_signature(more) != bench_cost.cells_signature(config)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import benchmark, unlearners
+from experiments import benchmark, challenge, common, unlearners
 from experiments.configs import benchmark as benchmark_config
 
 
@@ -72,9 +72,61 @@ def test_rerun_computes_nothing_and_files_are_written(run):
   out = os.path.join(run["workdir"], "benchmark")
   for name in ("cells.json", "results.md", "results.json", "scatter.png", "roc.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
-  lines = [l for l in run["first"]["table"].splitlines() if l.startswith("| ")]
-  assert len({line.count("|") for line in lines}) == 1  # every row has every column
-  assert sum(l.startswith("| forsaken |") for l in lines) == 1
+  main_table, quality_table = run["first"]["table"].split("### Forgetting quality")
+  for table in (main_table, quality_table):
+    lines = [l for l in table.splitlines() if l.startswith("| ")]
+    assert len({line.count("|") for line in lines}) == 1  # every row has every column
+    assert sum(l.startswith("| forsaken |") for l in lines) == 1
+
+
+def test_challenge_scores_every_method_once(run):
+  quality = run["first"]["challenge"]["photos"]
+  assert list(quality) == ["original", *benchmark.methods(run["config"])]
+  for name, row in quality.items():
+    assert row["finite"], name
+    assert row["num_models"] == run["config"].challenge.num_models == 3
+    assert 0.0 <= row["F"] <= 1.0 and np.isfinite(row["score"]), name
+    assert sum(row["points"].values()) == sum(quality["original"]["points"].values())
+    assert (row["seconds"] is None) == (name == "original")
+  assert run["second"]["challenge"] == run["first"]["challenge"]
+  out = os.path.join(run["workdir"], "benchmark", "challenge")
+  for name in ("cells.json", "results.json"):
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+  assert "Forgetting quality (NeurIPS 2023 challenge), N = 3" in run["first"]["table"]
+
+
+def test_challenge_models_train_on_the_right_examples(run):
+  """Originals see every member, retrained models every member but the forget set."""
+  config = run["config"]
+  sc = benchmark.scenario_config(config, "photos", config.challenge.seed)
+  run_dir = os.path.join(run["workdir"], "benchmark", "runs", "photos_s0")
+  data, _ = common.load_upstream_data(sc, run_dir)
+  n = config.challenge.num_models
+  originals, retrained, seconds = challenge.train_models(
+      sc, challenge.models_directory(os.path.join(run["workdir"], "benchmark"), "photos", 0),
+      data, n)  # finished: loaded, not retrained
+  assert len(originals) == len(retrained) == n and seconds > 0
+  plan = challenge.design(data.splits, n)
+  members = np.sort(data.splits.members)
+  np.testing.assert_array_equal(plan["universe"], members)
+  assert plan["keep"][:n].all()
+  np.testing.assert_array_equal(plan["keep"][n:].sum(1),
+                                len(members) - len(data.splits.forget))
+  assert not plan["keep"][n:, np.isin(members, data.splits.forget)].any()
+  # Every model has its own initialization.
+  first = [jax.tree.leaves(p)[0] for p in (*originals, *retrained)]
+  assert len({np.asarray(x).tobytes() for x in first}) == 2 * n
+  # The same models scored against themselves cannot be told apart: F = 1.
+  evaluation = challenge.Evaluation(sc, data)
+  figures = evaluation(retrained)
+  same = challenge.score(figures, figures, data.pool.labels[data.splits.forget])
+  assert same["F"] == 1.0 and same["epsilon_median"] == 0.0
+
+
+def test_challenge_needs_three_models():
+  splits = type("S", (), {"members": np.arange(5), "forget": np.arange(2)})()
+  with pytest.raises(ValueError, match="at least 3 models"):
+    challenge.design(splits, 2)
 
 
 def test_cells_hold_each_models_figures(run):
@@ -125,6 +177,10 @@ def test_selection_picks_the_smallest_validation_gap(tmp_path):
     ({"overrides": {"unlearn": {"relearn_optimizer": "bogus"}}},
      "scenario 'photos': unlearn.relearn_optimizer must be one of"),
     ({"overrides": {"train": {"stepz": 5}}}, "no train.stepz"),
+    ({"challenge": {"num_models": 2, "scenarios": ("photos",), "seed": 0}},
+     "at least 3 models per side"),
+    ({"challenge": {"num_models": 3, "scenarios": ("nope",), "seed": 0}},
+     "challenge.scenarios: unknown scenarios"),
 ])
 def test_bad_config_is_refused_before_running(tmp_path, change, message):
   config = _quick(str(tmp_path))

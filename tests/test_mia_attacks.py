@@ -243,6 +243,56 @@ def test_unlearning_distinguishability():
   assert over["auc"] < 0.2 and over["auc_gap"] > 0.3
 
 
+def test_ulira_leave_one_out_calibrates_each_example():
+  """Known answer: unlearned = retrained + d per example, example means spread wide.
+
+  With exact Gaussians the held-out log-likelihood ratio is N(+-d^2/2, d^2),
+  so AUC = Phi(d / sqrt 2) and the accuracy at 0 is Phi(d / 2); 15 fitted
+  models per side come close. A pooled test (one distribution for all
+  examples) sees almost nothing, because the examples' own means dominate.
+  """
+  rng = np.random.default_rng(11)
+  n, e, d = 16, 500, 2.0
+  means = rng.normal(0, 10, e)
+  retrained = means + rng.normal(0, 1, (n, e))
+  unlearned = means + d + rng.normal(0, 1, (n, e))
+  out = lira.ulira_leave_one_out(unlearned, retrained)
+  np.testing.assert_allclose(out["auc"], sps.norm.cdf(d / np.sqrt(2)), atol=0.03)
+  np.testing.assert_allclose(out["accuracy"], sps.norm.cdf(d / 2), atol=0.03)
+  pooled = lira.unlearning_distinguishability(unlearned.ravel(), retrained.ravel())
+  assert pooled["auc"] < 0.6
+  same = lira.ulira_leave_one_out(means + rng.normal(0, 1, (n, e)), retrained)
+  assert abs(same["auc"] - 0.5) < 0.03 and abs(same["accuracy"] - 0.5) < 0.03
+
+
+def test_ulira_leave_one_out_matches_a_hand_computation():
+  rng = np.random.default_rng(12)
+  u, r = rng.normal(1, 1, (4, 3)), rng.normal(0, 1, (4, 3))
+  pos, neg = [], []
+  for k in range(4):
+    rest = [i for i in range(4) if i != k]
+    mu_u, sd_u = u[rest].mean(0), u[rest].std(0, ddof=1)
+    mu_r, sd_r = r[rest].mean(0), r[rest].std(0, ddof=1)
+    score = lambda t: sps.norm.logpdf(t, mu_u, sd_u) - sps.norm.logpdf(t, mu_r, sd_r)
+    pos.append(score(u[k]))
+    neg.append(score(r[k]))
+  pos, neg = np.concatenate(pos), np.concatenate(neg)
+  out = lira.ulira_leave_one_out(u, r)
+  np.testing.assert_allclose(out["auc"], _auc(pos, neg), atol=1e-6)
+  np.testing.assert_allclose(out["accuracy"], 0.5 * ((pos > 0).mean() + (neg <= 0).mean()),
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("u, r, message", [
+    (np.zeros((2, 5)), np.zeros((2, 5)), "at least 3 models"),
+    (np.zeros((4, 5)), np.zeros((4, 6)), "must both be"),
+    (np.zeros(5), np.zeros(5), "must both be"),
+])
+def test_ulira_leave_one_out_refuses_bad_shapes(u, r, message):
+  with pytest.raises(ValueError, match=message):
+    lira.ulira_leave_one_out(u, r)
+
+
 # --- Shokri attack classifier ------------------------------------------------
 
 # The Shokri tests share sizes (500 members and 500 non-members, C = 10,

@@ -91,6 +91,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           "shrink_perturb": 0.005
       },
   })
+  # The NeurIPS 2023 challenge's forgetting quality (experiments/challenge.py):
+  # N originals and N retrained models per scenario (0 turns it off), on
+  # the data of the scenario's run at `seed`.
+  config.challenge = ml_collections.ConfigDict()
+  config.challenge.num_models = 16
+  config.challenge.scenarios = ("photos",)
+  config.challenge.seed = 0
   config.progress = True
 
   if arg in ("quick", "runlocal"):
@@ -109,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     })
     for method in config.methods.values():
       method.steps = min(method.steps, 3)
+    config.challenge.num_models = 3
     config.selection.seed = 7
     config.selection.multipliers = (0.1, 1.0)
     # The full scenarios' choices do not carry over to the digits.

@@ -39,6 +39,7 @@ from forsaken_jax.mia.lira import (
     balanced_keep_masks,
     lira_offline,
     lira_online,
+    ulira_leave_one_out,
     unlearning_distinguishability,
 )
 from forsaken_jax.mia.metrics import (
@@ -152,5 +153,6 @@ __all__ = [
     "tpr_at_fpr",
     "true_class_confidence",
     "unstack",
+    "ulira_leave_one_out",
     "unlearning_distinguishability",
 ]

@@ -58,7 +58,7 @@ from jax.scipy.special import log_ndtr
 from jax.scipy.stats import norm
 from jax.typing import ArrayLike
 
-from forsaken_jax.mia.metrics import summarize
+from forsaken_jax.mia.metrics import roc_auc, summarize
 from forsaken_jax.mia.stats import _is_concrete
 
 
@@ -282,3 +282,52 @@ def unlearning_distinguishability(unlearned_scores: ArrayLike,
   out = summarize(unlearned_scores, retrained_scores)
   out["auc_gap"] = abs(out["auc"] - 0.5)
   return out
+
+
+def ulira_leave_one_out(unlearned_stats: ArrayLike, retrained_stats: ArrayLike, *,
+                        min_std: float = 1e-6) -> dict[str, float]:
+  """U-LiRA (Hayes et al. 2024) over N unlearned and N retrained models.
+
+  Per forget example, the unlearned models' statistics play LiRA's "in"
+  distribution and the retrained models' its "out" one. Each pair k (the
+  k-th unlearned and k-th retrained model) is held out in turn: Gaussians
+  fitted on the other N - 1 pairs score the two held-out models
+  (`lira_online`, log N(t; unlearned) - log N(t; retrained)), and the
+  attack calls a model "unlearned" when its score is positive.
+
+  Args:
+    unlearned_stats: `[N, E]` a statistic (normally `logit_scaled_confidence`)
+      of N unlearned models on E forget examples.
+    retrained_stats: `[N, E]` the same for N retrained models.
+    min_std: floor on every standard deviation.
+
+  Returns:
+    `{"auc", "accuracy"}`: the AUC of the held-out unlearned models' scores
+    against the held-out retrained models' (over every example and pair),
+    and the attack's accuracy at threshold 0. Both are 0.5 when unlearning
+    cannot be told from retraining.
+
+  Raises:
+    ValueError: shapes that differ or are not `[N, E]`, or N < 3 (per-example
+      variances need two models per side after holding one out).
+  """
+  u, r = jnp.asarray(unlearned_stats), jnp.asarray(retrained_stats)
+  if u.ndim != 2 or u.shape != r.shape:
+    raise ValueError(f"unlearned_stats and retrained_stats must both be [N, E]; got shapes "
+                     f"{u.shape} and {r.shape}")
+  n = u.shape[0]
+  if n < 3:
+    raise ValueError(f"U-LiRA needs at least 3 models per side; got {n}")
+  _check_min_std(min_std)
+  keep = jnp.concatenate([jnp.ones((n - 1, u.shape[1]), bool),
+                          jnp.zeros((n - 1, u.shape[1]), bool)])
+
+  def fold(k):
+    others = jnp.arange(n - 1) + (jnp.arange(n - 1) >= k)
+    shadow = jnp.concatenate([u[others], r[others]])
+    return _lira_online(jnp.stack([u[k], r[k]]), shadow, keep, min_std, fixed_variance=False)
+
+  scores = jax.lax.map(fold, jnp.arange(n))  # [N, 2, E]
+  positives, negatives = scores[:, 0].reshape(-1), scores[:, 1].reshape(-1)
+  accuracy = 0.5 * (jnp.mean(positives > 0) + jnp.mean(negatives <= 0))
+  return {"auc": float(roc_auc(positives, negatives)), "accuracy": float(accuracy)}
