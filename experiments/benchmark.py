@@ -301,10 +301,11 @@ def run_challenge(config: ml_collections.ConfigDict, out: str
   models of a scenario are a resumable run of their own.
 
   Returns:
-    `{scenario: {row: figures}}`, rows "original" then the methods.
+    `{scenario: {row: figures}}`, rows "original", "retrain" (the split-half
+    reference) and the methods.
   """
   cc = config.challenge
-  rows = ("original", *methods(config))
+  rows = (*FIXED_ROWS, *methods(config))
   cells = common.ResultCells(os.path.join(out, "challenge"),
                              common.signature(config, CHALLENGE_SIGNATURE_KEYS))
   bar = common.progress(len(challenge_scenarios(config)) * len(rows) * cc.num_models,
@@ -325,13 +326,20 @@ def run_challenge(config: ml_collections.ConfigDict, out: str
                  f"{seconds:.0f} s")
       evaluation = challenge.Evaluation(sc, data)
       retrained = evaluation(retrained_models)
+      forget_labels = data.pool.labels[data.splits.forget]
       for row in pending:
-        method = None if row == "original" else row
-        hp = ({} if method is None
-              else hyperparameters(config, row, chosen_value(config, scenario, row, sc)[0]))
-        cell = challenge.method_cell(sc, data, originals, method, hp, evaluation, retrained, bar)
+        if row == "retrain":
+          cell = challenge.reference_cell(retrained, forget_labels)
+          bar.update(cc.num_models)
+        else:
+          method = None if row == "original" else row
+          hp = ({} if method is None
+                else hyperparameters(config, row, chosen_value(config, scenario, row, sc)[0]))
+          cell = challenge.method_cell(sc, data, originals, method, hp, evaluation, retrained,
+                                       bar)
         cells.put(keys[row], cell)
-        common.log(f"[benchmark] challenge {keys[row]}: F {cell.get('F', float('nan')):.3f}")
+        common.log(f"[benchmark] challenge {keys[row]}: F {cell.get('F', float('nan')):.3f}, "
+                   f"F (N/2) {cell.get('F_half', float('nan')):.3f}")
     results[scenario] = {row: cells.get(keys[row]) for row in rows}
   bar.close()
   return results

@@ -134,22 +134,48 @@ class Evaluation:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def _distinguishability(unlearned: dict[str, np.ndarray], retrained: dict[str, np.ndarray],
+                        forget_labels: np.ndarray) -> tuple[mia.ForgettingQuality, dict]:
+  """F and U-LiRA of two equal populations of models."""
+  quality = mia.forgetting_quality(unlearned["forget_logits"], retrained["forget_logits"],
+                                   forget_labels)
+  stats = [np.stack([np.asarray(mia.logit_scaled_confidence(x, forget_labels)) for x in logits])
+           for logits in (unlearned["forget_logits"], retrained["forget_logits"])]
+  return quality, mia.ulira_leave_one_out(*stats)
+
+
+def _half(models: dict[str, np.ndarray], which: int) -> dict[str, np.ndarray]:
+  h = len(models["UA"]) // 2
+  return {k: (v[:h] if which == 0 else v[h:2 * h]) for k, v in models.items()}
+
+
+def half_figures(unlearned: dict[str, np.ndarray], retrained: dict[str, np.ndarray],
+                 forget_labels: np.ndarray) -> dict[str, Any]:
+  """F and U-LiRA with N/2 models per side: the first half of `unlearned`
+  against the second half of `retrained`.
+
+  Scored so, the first half of the retrained models against the second
+  (`reference_cell`) is what a method indistinguishable from retraining
+  gets at that N: the ceiling the N/2 figures are read against. Empty when
+  N/2 < 3.
+  """
+  if len(unlearned["UA"]) // 2 < 3:
+    return {}
+  quality, ulira = _distinguishability(_half(unlearned, 0), _half(retrained, 1), forget_labels)
+  return {"F_half": float(quality.quality), "ulira_auc_half": ulira["auc"]}
+
+
 def score(unlearned: dict[str, np.ndarray], retrained: dict[str, np.ndarray],
           forget_labels: np.ndarray) -> dict[str, Any]:
-  """F, the challenge score and what they are made of, JSON-friendly.
+  """F, the challenge score, U-LiRA and what they are made of, JSON-friendly.
 
   Args:
     unlearned: `Evaluation` of the N unlearned models.
     retrained: `Evaluation` of the N retrained models.
     forget_labels: `[E]`.
   """
-  quality = mia.forgetting_quality(unlearned["forget_logits"], retrained["forget_logits"],
-                                   forget_labels)
-  stats = [np.stack([np.asarray(mia.logit_scaled_confidence(x, forget_labels)) for x in logits])
-           for logits in (unlearned["forget_logits"], retrained["forget_logits"])]
-  ulira = mia.ulira_leave_one_out(*stats)
-  points = np.asarray(quality.points)
-  values, counts = np.unique(points, return_counts=True)
+  quality, ulira = _distinguishability(unlearned, retrained, forget_labels)
+  values, counts = np.unique(np.asarray(quality.points), return_counts=True)
   return {
       "F": float(quality.quality),
       "score": mia.challenge_score(
@@ -158,10 +184,19 @@ def score(unlearned: dict[str, np.ndarray], retrained: dict[str, np.ndarray],
           test_accuracy_retrained=retrained["TA"]),
       "epsilon_median": float(np.median(np.asarray(quality.epsilons))),
       "ulira_auc": ulira["auc"], "ulira_accuracy": ulira["accuracy"],
+      **half_figures(unlearned, retrained, forget_labels),
       "points": {f"{v:g}": int(c) for v, c in zip(values, counts)},
       **{k: float(np.mean(unlearned[k])) for k in ("UA", "RA", "TA")},
       "num_models": int(quality.num_models),
   }
+
+
+def reference_cell(retrained: dict[str, np.ndarray], forget_labels: np.ndarray
+                   ) -> dict[str, Any]:
+  """The "retrain" row: half the retrained models against the other half."""
+  return {"finite": True, "seconds": None, "num_models": len(retrained["UA"]),
+          **half_figures(retrained, retrained, forget_labels),
+          **{k: float(np.mean(retrained[k])) for k in ("UA", "RA", "TA")}}
 
 
 def method_cell(sc: ml_collections.ConfigDict, data: fj_data.ExperimentData,
@@ -196,30 +231,44 @@ def method_cell(sc: ml_collections.ConfigDict, data: fj_data.ExperimentData,
 
 def markdown(results: dict[str, dict[str, dict[str, Any]]], num_models: int) -> str:
   """The challenge's table: one per scenario, rows in run order."""
-  lines = [f"### Forgetting quality (NeurIPS 2023 challenge), N = {num_models} models per side",
+  half = num_models // 2
+  lines = [f"### Forgetting quality (NeurIPS 2023 challenge) and U-LiRA, N = {num_models} "
+           "models per side",
            "",
            f"A finite epsilon is at most {mia.max_finite_epsilon(num_models):.2f} with N = "
            f"{num_models}; an example scores 2^-floor(eps / 0.5), 0 from "
            f"{mia.epsilon_cutoff(num_models)}. U-LiRA: per forget example, Gaussians fitted to "
            "the unlearned and the retrained models' logit-scaled confidences, each pair "
-           "held out in turn (0.5 = indistinguishable from retraining). UA, RA and TA are "
-           "the means over the N models.",
+           "held out in turn (0.5 = indistinguishable from retraining). The N/2 columns "
+           f"score the first {half} unlearned models against the other {half} retrained "
+           "ones; the retrain row, half the retrained models against the other half, is what "
+           "retraining itself gets there. UA, RA and TA are the means over the N models.",
            ""]
+
+  def fmt(row, key, spec, best=None):
+    if key not in row:
+      return "—"
+    text = format(row[key], spec)
+    return f"**{text}**" if best is not None and row[key] == best else text
+
   for scenario, rows in results.items():
     lines += [f"**{scenario}**", "",
-              "| method | F | score | median eps | U-LiRA AUC | U-LiRA acc. | UA | RA | TA | "
-              "seconds per request |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    best = max((r["F"] for r in rows.values() if "F" in r), default=None)
+              f"| method | F | score | U-LiRA AUC | U-LiRA acc. | F (N/2 = {half}) | "
+              f"U-LiRA AUC (N/2) | UA | RA | TA | seconds per request |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    methods = {n: r for n, r in rows.items() if n != "retrain"}
+    best = max((r["F"] for r in methods.values() if "F" in r), default=None)
+    best_half = max((r["F_half"] for r in methods.values() if "F_half" in r), default=None)
     for name, r in rows.items():
-      if "F" not in r:
-        lines.append(f"| {name} | non-finite parameters | | | | | | | | |")
+      if not r["finite"]:
+        lines.append(f"| {name} | non-finite parameters |" + " |" * 9)
         continue
-      f = f"**{r['F']:.3f}**" if r["F"] == best else f"{r['F']:.3f}"
       secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
-      lines.append(f"| {name} | {f} | {r['score']:.3f} | {r['epsilon_median']:.2f} | "
-                   f"{r['ulira_auc']:.3f} | {r['ulira_accuracy']:.3f} | {100 * r['UA']:.1f} | {100 * r['RA']:.1f} | {100 * r['TA']:.1f} | "
-                   f"{secs} |")
+      lines.append(
+          f"| {name} | {fmt(r, 'F', '.3f', best)} | {fmt(r, 'score', '.3f')} | "
+          f"{fmt(r, 'ulira_auc', '.3f')} | {fmt(r, 'ulira_accuracy', '.3f')} | "
+          f"{fmt(r, 'F_half', '.3f', best_half)} | {fmt(r, 'ulira_auc_half', '.3f')} | "
+          f"{100 * r['UA']:.1f} | {100 * r['RA']:.1f} | {100 * r['TA']:.1f} | {secs} |")
     lines.append("")
   return "\n".join(lines)
 

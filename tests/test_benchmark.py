@@ -73,6 +73,7 @@ def test_rerun_computes_nothing_and_files_are_written(run):
   for name in ("cells.json", "results.md", "results.json", "scatter.png", "roc.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
   main_table, quality_table = run["first"]["table"].split("### Forgetting quality")
+  assert "| retrain | — |" in quality_table
   for table in (main_table, quality_table):
     lines = [l for l in table.splitlines() if l.startswith("| ")]
     assert len({line.count("|") for line in lines}) == 1  # every row has every column
@@ -81,18 +82,23 @@ def test_rerun_computes_nothing_and_files_are_written(run):
 
 def test_challenge_scores_every_method_once(run):
   quality = run["first"]["challenge"]["photos"]
-  assert list(quality) == ["original", *benchmark.methods(run["config"])]
+  n = run["config"].challenge.num_models
+  assert list(quality) == ["original", "retrain", *benchmark.methods(run["config"])]
   for name, row in quality.items():
-    assert row["finite"], name
-    assert row["num_models"] == run["config"].challenge.num_models == 3
+    assert row["finite"] and row["num_models"] == n == 6, name
+    assert 0.0 <= row["F_half"] <= 1.0 and 0.0 <= row["ulira_auc_half"] <= 1.0, name
+    assert (row["seconds"] is None) == (name in ("original", "retrain"))
+    if name == "retrain":  # the split-half reference has no N-model figures
+      assert "F" not in row and "ulira_auc" not in row
+      continue
     assert 0.0 <= row["F"] <= 1.0 and np.isfinite(row["score"]), name
+    assert 0.0 <= row["ulira_auc"] <= 1.0 and 0.0 <= row["ulira_accuracy"] <= 1.0, name
     assert sum(row["points"].values()) == sum(quality["original"]["points"].values())
-    assert (row["seconds"] is None) == (name == "original")
   assert run["second"]["challenge"] == run["first"]["challenge"]
   out = os.path.join(run["workdir"], "benchmark", "challenge")
   for name in ("cells.json", "results.json"):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
-  assert "Forgetting quality (NeurIPS 2023 challenge), N = 3" in run["first"]["table"]
+  assert "N = 6 models per side" in run["first"]["table"]
 
 
 def test_challenge_models_train_on_the_right_examples(run):
