@@ -473,6 +473,8 @@ def plots(config: ml_collections.ConfigDict, results: dict[str, Any],
 
   scenarios = list(results)
   paths = []
+  if not scenarios:  # only the challenge ran (run_scenarios is empty)
+    return paths
   fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4.5), squeeze=False)
   for ax, scenario in zip(axes[0], scenarios):
     for i, (name, row) in enumerate(results[scenario].items()):

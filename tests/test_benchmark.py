@@ -129,6 +129,15 @@ def test_challenge_models_train_on_the_right_examples(run):
   assert same["F"] == 1.0 and same["epsilon_median"] == 0.0
 
 
+def test_the_challenge_runs_alone(tmp_path):
+  """No table scenario: the challenge's rows, and no table plots."""
+  config = _only(_quick(str(tmp_path), run_scenarios=()), ("finetune",))
+  out = benchmark.benchmark(config, str(tmp_path))
+  assert out["results"] == {}
+  assert list(out["challenge"]["photos"]) == ["original", "retrain", "finetune"]
+  assert not os.path.exists(os.path.join(str(tmp_path), "benchmark", "scatter.png"))
+
+
 def test_challenge_needs_three_models():
   splits = type("S", (), {"members": np.arange(5), "forget": np.arange(2)})()
   with pytest.raises(ValueError, match="at least 3 models"):
