@@ -99,6 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # secure aggregation (True).
   config.federated.secure = False
   config.federated.fractional_bits = fc.fractional_bits
+  config.federated.secure_neighbors = fc.secure_neighbors  # 0 = every pair
 
   config.bench = ml_collections.ConfigDict()
   config.bench.clients = (20, 100)
@@ -159,7 +160,8 @@ def make_round(apply_fn: models.ApplyFn, config: ml_collections.ConfigDict,
   return federated.make_fedavg(
       apply_fn, OPTIMIZERS[fc.optimizer](fc.learning_rate), local_epochs=fc.local_epochs,
       batch_size=fc.batch_size, loss_fn=losses.get_loss(models.default_loss(config.model.name)),
-      secure=fc.secure, fractional_bits=fc.fractional_bits, mesh=mesh)
+      secure=fc.secure, fractional_bits=fc.fractional_bits,
+      secure_neighbors=fc.secure_neighbors or None, mesh=mesh)
 
 
 def make_sequential(fedavg: federated.FedAvg, config: ml_collections.ConfigDict) -> Callable:
@@ -189,7 +191,7 @@ def make_sequential(fedavg: federated.FedAvg, config: ml_collections.ConfigDict)
       everyone = jnp.ones(ids.shape, bool)
       mean, _ = secure_agg.secure_weighted_mean(
           updates, weights, jax.random.fold_in(key, 1), ids, everyone, everyone,
-          fractional_bits=fc.fractional_bits)
+          fractional_bits=fc.fractional_bits, num_neighbors=fc.secure_neighbors or None)
     else:
       mean = federated.weighted_mean(updates, weights)
     return federated.apply_update(global_params, mean)

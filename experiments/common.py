@@ -23,8 +23,11 @@ from forsaken_jax import losses, models
 
 # Config fields that may change between an interrupted run and its resume
 # without changing what the run computes: how it logs, checkpoints and shows
-# progress, and (host_loop) whether its loops run as one program or from Python.
-RESUMABLE_KEYS = ("log_every", "checkpoint_every", "eval_every", "progress", "host_loop")
+# progress, (host_loop) whether its loops run as one program or from Python,
+# and (secure_neighbors) secure aggregation's masking graph, whose masks
+# cancel exactly whatever the graph.
+RESUMABLE_KEYS = ("log_every", "checkpoint_every", "eval_every", "progress", "host_loop",
+                  "secure_neighbors")
 
 
 def is_main_process() -> bool:

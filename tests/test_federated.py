@@ -323,6 +323,54 @@ def test_dropped_client_is_recovered():
   assert np.max(np.abs(np.asarray(broken["w"]) - np.asarray(survivors["w"]))) > 1.0
 
 
+_sparse_secure_sum = jax.jit(secure_agg.secure_sum, static_argnames="num_neighbors")
+_sparse_mask_updates = jax.jit(secure_agg.mask_updates, static_argnames="num_neighbors")
+
+
+def test_mask_graph_is_a_random_regular_symmetric_graph():
+  key = jax.random.key(4)
+  peers = np.asarray(secure_agg.mask_graph(key, 20, 4))
+  assert peers.shape == (20, 4)
+  edges = {(i, int(j)) for i in range(20) for j in peers[i]}
+  assert all(len(set(row)) == 4 and i not in row for i, row in enumerate(peers.tolist()))
+  assert all((j, i) in edges for i, j in edges)  # j masks with i exactly when i masks with j
+  # The graph is the round's: another key places the clients differently.
+  assert not np.array_equal(np.asarray(secure_agg.mask_graph(jax.random.key(5), 20, 4)), peers)
+  # k >= C - 1 is every pair, as is None.
+  complete = np.asarray(secure_agg.mask_graph(key, 5, 4))
+  np.testing.assert_array_equal(complete, np.tile(np.arange(5), (5, 1)))
+  np.testing.assert_array_equal(np.asarray(secure_agg.mask_graph(key, 5)), complete)
+  for bad in (0, 1, 3, -2, 2.0, True):
+    with pytest.raises(ValueError, match="num_neighbors"):
+      secure_agg.mask_graph(key, 20, bad)
+
+
+def test_sparse_masking_gives_the_same_sum_and_still_hides_each_update():
+  """SecAgg+'s graph: each client masks with 4 of 11 peers; the sum is unchanged bit for bit."""
+  updates = _random_updates(12, seed=5)
+  ids = jnp.array([7, 30, 2, 15, 9, 4, 22, 1, 11, 5, 0, 0], jnp.int32)
+  on = jnp.array([True] * 10 + [False] * 2)  # two padding slots
+  received = on & jnp.array([True, False, True, True, True, True, False, True, True, True,
+                             True, True])  # two participants dropped
+  key = jax.random.key(6)
+  for rec in (on, received):
+    sparse = _sparse_secure_sum(updates, key, ids, on, rec, num_neighbors=4)
+    _close(sparse, _secure_sum(updates, key, ids, on, rec), rtol=0, atol=0)
+    survivors = jax.tree.map(lambda u: u[np.asarray(rec)].sum(0), updates)
+    _close(sparse, survivors, rtol=0, atol=12 * 2.0 ** -16)
+  encoded = secure_agg.encode(updates, fractional_bits=16)
+  masked = _sparse_mask_updates(encoded, key, ids, on, num_neighbors=4)
+  _close(secure_agg.server_sum(masked, on), secure_agg.server_sum(encoded, on), rtol=0, atol=0)
+  plain = np.asarray(jax.lax.bitcast_convert_type(encoded["w"][3], jnp.int32), np.float64).ravel()
+  seen = np.asarray(jax.lax.bitcast_convert_type(masked["w"][3], jnp.int32), np.float64).ravel()
+  assert abs(np.corrcoef(plain, seen)[0, 1]) < 0.05
+  assert np.mean(np.abs(seen)) > 1e8
+  # Without the survivors' revealed masks, the sum over the received is noise.
+  broken = secure_agg.decode(secure_agg.server_sum(masked, received), fractional_bits=16)
+  survivors = jax.tree.map(lambda u: u[np.asarray(received)].sum(0), updates)
+  assert np.max(np.abs(np.asarray(broken["w"]) - np.asarray(survivors["w"]))) > 1.0
+
+
 def test_secure_round_matches_plain_round(fed):
   secure = fed["secure"]
   key = jax.random.key(9)
@@ -332,6 +380,13 @@ def test_secure_round_matches_plain_round(fed):
     b, mb = fed["fedavg"].round(fed["params"], fed["data"], key, received=rec)
     _close(a, b, rtol=1e-4, atol=1e-5)
     assert float(ma["total_weight"]) == float(mb["total_weight"])
+  # Each client masking with 2 neighbours only: the same round, bit for bit.
+  sparse = fl.make_fedavg(fed["model"].apply_fn, optax.sgd(LR), local_epochs=EPOCHS,
+                          batch_size=BATCH, secure=True, secure_neighbors=2)
+  _close(sparse.round(fed["params"], fed["data"], key, received=received)[0],
+         secure.round(fed["params"], fed["data"], key, received=received)[0], rtol=0, atol=0)
+  with pytest.raises(ValueError, match="num_neighbors"):
+    fl.make_fedavg(fed["model"].apply_fn, optax.sgd(LR), secure=True, secure_neighbors=3)
   one = fl.gather_client_data(fed["images"], fed["labels"], fed["part"], [0], num_slots=2)
   with pytest.raises(ValueError, match="at least two participating clients"):
     secure.round(fed["params"], one, key)

@@ -262,6 +262,10 @@ def test_config_errors_are_caught_before_any_phase(run, tmp_path):
   bad.shadow.num_models = 3
   with pytest.raises(ValueError, match="shadow.num_models"):
     main_job.run_pipeline(bad, str(tmp_path))
+  bad = copy.deepcopy(run["config"])
+  bad.federated.secure_neighbors = 3
+  with pytest.raises(ValueError, match="federated.secure_neighbors"):
+    main_job.run_pipeline(bad, str(tmp_path))
   assert os.listdir(tmp_path) == []
 
 

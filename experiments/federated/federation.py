@@ -89,6 +89,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if fc.optimizer not in OPTIMIZERS:
     raise ValueError(f"federated.optimizer must be one of {tuple(OPTIMIZERS)}, got "
                      f"{fc.optimizer!r}")
+  secure_neighbors = fc.get("secure_neighbors", 0)
+  if secure_neighbors and (secure_neighbors < 2 or secure_neighbors % 2):
+    raise ValueError("federated.secure_neighbors must be 0 (every pair of clients shares a mask) "
+                     f"or an even number >= 2, got {secure_neighbors!r}")
   if fc.num_rounds < 1 or fc.checkpoint_every < 1 or fc.store_every < 1:
     raise ValueError("federated.num_rounds, checkpoint_every and store_every must be positive")
   if ec.request not in federated.REQUESTS:
@@ -137,8 +141,8 @@ def build_partition(config: ml_collections.ConfigDict,
 
 @functools.lru_cache(maxsize=8)
 def _fedavg(spec_json: str, optimizer: str, learning_rate: float, local_epochs: int,
-            batch_size: int, secure: bool, fractional_bits: int, shard: bool
-            ) -> tuple[federated.FedAvg, jax.sharding.Mesh | None]:
+            batch_size: int, secure: bool, fractional_bits: int, secure_neighbors: int,
+            shard: bool) -> tuple[federated.FedAvg, jax.sharding.Mesh | None]:
   # One FedAvg per setting and process: phases run by one process share its
   # compiled rounds.
   spec = json.loads(spec_json)
@@ -147,7 +151,8 @@ def _fedavg(spec_json: str, optimizer: str, learning_rate: float, local_epochs: 
   fedavg = federated.make_fedavg(
       model.apply_fn, OPTIMIZERS[optimizer](learning_rate), local_epochs=local_epochs,
       batch_size=batch_size, loss_fn=losses.get_loss(models.default_loss(spec["name"])),
-      secure=secure, fractional_bits=fractional_bits, mesh=mesh)
+      secure=secure, fractional_bits=fractional_bits,
+      secure_neighbors=secure_neighbors or None, mesh=mesh)
   return fedavg, mesh
 
 
@@ -157,7 +162,8 @@ def make_fedavg(config: ml_collections.ConfigDict, spec: dict[str, Any], *,
   fc = config.federated
   return _fedavg(json.dumps(spec, sort_keys=True), fc.optimizer, float(fc.learning_rate),
                  int(local_epochs or fc.local_epochs), int(fc.batch_size), bool(fc.secure),
-                 int(fc.fractional_bits), bool(fc.shard_clients))
+                 int(fc.fractional_bits), int(fc.get("secure_neighbors", 0)),
+                 bool(fc.shard_clients))
 
 
 def make_federation(config: ml_collections.ConfigDict, data: fj_data.ExperimentData,

@@ -133,6 +133,7 @@ def make_fedavg(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, local_ep
                 batch_size: int = 32, loss_fn: losses.LossFn = losses.cross_entropy,
                 prox_mu: float = 0.0, server_lr: float = 1.0, secure: bool = False,
                 fractional_bits: int = 16, weight_fractional_bits: int = 4,
+                secure_neighbors: int | None = None,
                 mesh: jax.sharding.Mesh | None = None) -> FedAvg:
   """Builds the round of a federation.
 
@@ -147,6 +148,8 @@ def make_fedavg(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, local_ep
     secure: aggregate through simulated secure aggregation
       (`secure_agg.secure_weighted_mean`) instead of in the clear.
     fractional_bits, weight_fractional_bits: its fixed-point encoding.
+    secure_neighbors: its masking graph: None = every pair of clients, an
+      even k = each client's k neighbours (`secure_agg.mask_graph`).
     mesh: None (one device), or a mesh with a `"clients"` axis
       (`client_mesh`) whose size divides the number of slots C; the client
       axis of data and updates is split over it, the global model
@@ -157,6 +160,7 @@ def make_fedavg(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, local_ep
   """
   if mesh is not None and CLIENT_AXIS not in mesh.axis_names:
     raise ValueError(f"mesh must have a {CLIENT_AXIS!r} axis; got axes {mesh.axis_names}")
+  secure_agg.check_num_neighbors(secure_neighbors)
   if not server_lr > 0:
     raise ValueError(f"server_lr must be positive, got {server_lr!r}")
   local_train = clients_lib.make_local_train(apply_fn, tx, local_epochs=local_epochs,
@@ -182,7 +186,8 @@ def make_fedavg(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, local_ep
     if secure:
       mean, total_weight = secure_agg.secure_weighted_mean(
           updates, weights, jax.random.fold_in(key, 1), data.client_id, participating, received,
-          fractional_bits=fractional_bits, weight_fractional_bits=weight_fractional_bits)
+          fractional_bits=fractional_bits, weight_fractional_bits=weight_fractional_bits,
+          num_neighbors=secure_neighbors)
     else:
       weights = jnp.where(participating & received, weights, 0.0)
       mean, total_weight = weighted_mean(updates, weights), jnp.sum(weights)

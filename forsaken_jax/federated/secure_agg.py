@@ -17,6 +17,16 @@ The pairwise-masking scheme of Bonawitz et al. (2017), without the network:
   (The protocol's second, self mask, which protects a slow client's update
   when it arrives after being declared dropped, is not simulated.)
 - The sum is decoded from two's complement back to float.
+- Masking graph: by default every pair of participants shares a mask (the
+  2017 protocol), so each client expands C - 1 masks per round. With
+  `num_neighbors = k` each client shares masks only with its k neighbours in
+  a random k-regular graph (a circulant graph over a permutation of the
+  slots drawn from the round key), as SecAgg+ does (Bell et al. 2020): k
+  masks per client, O(C k) for the round. The sum is the same bit for bit:
+  any symmetric graph's masks cancel. What changes is what collusion or
+  dropouts can expose: a masked update is uniform as long as one of its
+  neighbours' masks stays secret, so k should grow like log C (Bell et al.
+  give the constants for a target failure probability).
 
 `secure_weighted_mean` is FedAvg through the scheme: each client submits
 `weight * update` and its weight, both masked; the server divides the sum by
@@ -31,6 +41,8 @@ choose `f` for the federation's update magnitudes and sample counts.
 References:
   Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving
   Machine Learning", CCS 2017, https://eprint.iacr.org/2017/281
+  Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic
+  Overhead", CCS 2020, https://eprint.iacr.org/2020/704
 """
 
 import math
@@ -42,8 +54,8 @@ import numpy as np
 
 Params = Any
 
-__all__ = ["decode", "dropout_correction", "encode", "mask_updates", "pair_key", "pairwise_mask",
-           "secure_sum", "secure_weighted_mean", "server_sum"]
+__all__ = ["decode", "dropout_correction", "encode", "mask_graph", "mask_updates", "pair_key",
+           "pairwise_mask", "secure_sum", "secure_weighted_mean", "server_sum"]
 
 
 def encode(tree: Params, *, fractional_bits: int) -> Params:
@@ -94,6 +106,44 @@ def _to_matrix(stacked: Params) -> tuple[jax.Array, Callable[[jax.Array], Params
   return matrix, unflatten
 
 
+def check_num_neighbors(num_neighbors: int | None) -> None:
+  """Refuses a masking graph degree that is not None or a positive even int."""
+  if num_neighbors is None:
+    return
+  if (isinstance(num_neighbors, bool) or not isinstance(num_neighbors, (int, np.integer))
+      or num_neighbors < 2 or num_neighbors % 2):
+    raise ValueError("num_neighbors must be None (every pair of clients) or an even number "
+                     f">= 2 (each client's neighbours in the masking graph), got "
+                     f"{num_neighbors!r}")
+
+
+def mask_graph(round_key: jax.Array, num_slots: int, num_neighbors: int | None = None
+               ) -> jax.Array:
+  """Each slot's peers in the round's masking graph: `[C, K]` int32 slot indices.
+
+  Args:
+    round_key: the round's masking key (the graph is public randomness of
+      the round, as the server's sampled graph is in SecAgg+).
+    num_slots: C.
+    num_neighbors: None for the complete graph (`K = C`: every slot, the slot
+      itself included, which the masking skips); an even k for a random
+      k-regular graph (`K = k`): slots are placed on a ring in an order drawn
+      from `round_key` and each is joined to the k / 2 nearest on either
+      side. A k of C - 1 or more is the complete graph.
+
+  Returns:
+    The peer slots of each slot; j is a peer of i exactly when i is one of j.
+  """
+  check_num_neighbors(num_neighbors)
+  if num_neighbors is None or num_neighbors >= num_slots - 1:
+    return jnp.broadcast_to(jnp.arange(num_slots, dtype=jnp.int32), (num_slots, num_slots))
+  order = jax.random.permutation(jax.random.split(round_key)[0], num_slots).astype(jnp.int32)
+  position = jnp.argsort(order).astype(jnp.int32)
+  half = num_neighbors // 2
+  offsets = jnp.concatenate([jnp.arange(1, half + 1), -jnp.arange(1, half + 1)]).astype(jnp.int32)
+  return order[(position[:, None] + offsets[None, :]) % num_slots]
+
+
 def _signed_masks(round_key, client_id, peer_ids, peer_on, size):
   """`sum_j on_j * sign(client, j) * m(client, j)` over the peers j != client: `[size]`."""
 
@@ -105,35 +155,39 @@ def _signed_masks(round_key, client_id, peer_ids, peer_on, size):
     use = on & (peer_id != client_id)
     return total + jnp.where(use, sign * mask, jnp.uint32(0)), None
 
-  # A scan over peers keeps one mask alive at a time, not C of them.
+  # A scan over peers keeps one mask alive at a time, not K of them.
   return jax.lax.scan(add, jnp.zeros((size,), jnp.uint32), (peer_ids, peer_on))[0]
 
 
-def _mask_matrix(encoded, round_key, client_ids, participating):
+def _mask_matrix(encoded, round_key, client_ids, participating, num_neighbors):
   ids = jnp.maximum(client_ids, 0)
   size = encoded.shape[1]
+  peers = mask_graph(round_key, encoded.shape[0], num_neighbors)
 
-  def one(row, client_id, on):
-    return row + jnp.where(on, _signed_masks(round_key, client_id, ids, participating, size),
-                           jnp.uint32(0))
+  def one(row, client_id, on, peer_slots):
+    masks = _signed_masks(round_key, client_id, ids[peer_slots], participating[peer_slots], size)
+    return row + jnp.where(on, masks, jnp.uint32(0))
 
-  return jax.vmap(one)(encoded, ids, participating)
+  return jax.vmap(one)(encoded, ids, participating, peers)
 
 
 def _sum_rows(matrix, rows):
   return jnp.sum(jnp.where(rows[:, None], matrix, jnp.uint32(0)), axis=0, dtype=jnp.uint32)
 
 
-def _correction(round_key, client_ids, participating, received, size):
+def _correction(round_key, client_ids, participating, received, size, num_neighbors):
   ids = jnp.maximum(client_ids, 0)
   dropped = participating & ~received
-  # Survivor s applied sign(s, d) * m(s, d) for each dropped d.
-  per_survivor = jax.vmap(lambda s: _signed_masks(round_key, s, ids, dropped, size))(ids)
+  peers = mask_graph(round_key, ids.shape[0], num_neighbors)
+  # Survivor s applied sign(s, d) * m(s, d) for each dropped neighbour d.
+  per_survivor = jax.vmap(
+      lambda s, peer_slots: _signed_masks(round_key, s, ids[peer_slots], dropped[peer_slots],
+                                          size))(ids, peers)
   return _sum_rows(per_survivor, participating & received)
 
 
 def mask_updates(encoded: Params, round_key: jax.Array, client_ids: jax.Array,
-                 participating: jax.Array) -> Params:
+                 participating: jax.Array, *, num_neighbors: int | None = None) -> Params:
   """What each client sends: its encoded update plus its signed pairwise masks.
 
   Args:
@@ -142,12 +196,14 @@ def mask_updates(encoded: Params, round_key: jax.Array, client_ids: jax.Array,
     client_ids: `[C]` int32 ids (distinct among participants).
     participating: `[C]` bool, the clients that agreed on masks this round;
       a non-participant's slot is returned unmasked and must not be summed.
+    num_neighbors: the masking graph (`mask_graph`): None = every pair.
 
   Returns:
     Stacked `[C, ...]` uint32 masked updates.
   """
   matrix, unflatten = _to_matrix(encoded)
-  return jax.vmap(unflatten)(_mask_matrix(matrix, round_key, client_ids, participating))
+  return jax.vmap(unflatten)(_mask_matrix(matrix, round_key, client_ids, participating,
+                                          num_neighbors))
 
 
 def server_sum(masked: Params, received: jax.Array) -> Params:
@@ -158,7 +214,8 @@ def server_sum(masked: Params, received: jax.Array) -> Params:
 
 
 def dropout_correction(round_key: jax.Array, client_ids: jax.Array, participating: jax.Array,
-                       received: jax.Array, like: Params) -> Params:
+                       received: jax.Array, like: Params, *,
+                       num_neighbors: int | None = None) -> Params:
   """The masks the survivors applied for pairs with dropped clients.
 
   Survivors reveal them after the server announces who dropped (a dropped
@@ -172,6 +229,7 @@ def dropout_correction(round_key: jax.Array, client_ids: jax.Array, participatin
     participating: `[C]` bool, clients that agreed on masks.
     received: `[C]` bool, clients whose masked update arrived.
     like: one (unstacked) update, for the shapes.
+    num_neighbors: the masking graph, as in `mask_updates`.
 
   Returns:
     A uint32 pytree shaped like `like`.
@@ -179,20 +237,22 @@ def dropout_correction(round_key: jax.Array, client_ids: jax.Array, participatin
   _, unflatten = _to_matrix(jax.tree.map(lambda x: jnp.zeros((1, *jnp.shape(x)), jnp.uint32),
                                          like))
   size = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(like))
-  return unflatten(_correction(round_key, client_ids, participating, received, size))
+  return unflatten(_correction(round_key, client_ids, participating, received, size,
+                               num_neighbors))
 
 
-def _secure_matrix_sum(encoded, round_key, client_ids, participating, received):
+def _secure_matrix_sum(encoded, round_key, client_ids, participating, received, num_neighbors):
   """Clients mask the `[C, P]` uint32 rows; the server sums and unmasks them."""
-  masked = _mask_matrix(encoded, round_key, client_ids, participating)
+  masked = _mask_matrix(encoded, round_key, client_ids, participating, num_neighbors)
   # ---- only masked values below this line (the server) ----
   total = _sum_rows(masked, participating & received)
-  return total - _correction(round_key, client_ids, participating, received, encoded.shape[1])
+  return total - _correction(round_key, client_ids, participating, received, encoded.shape[1],
+                             num_neighbors)
 
 
 def secure_sum(updates: Params, round_key: jax.Array, client_ids: jax.Array,
                participating: jax.Array, received: jax.Array | None = None, *,
-               fractional_bits: int = 16) -> Params:
+               fractional_bits: int = 16, num_neighbors: int | None = None) -> Params:
   """The sum of the received clients' updates, computed through masking.
 
   Clients encode and mask (`mask_updates`); the server sums what it received
@@ -207,20 +267,23 @@ def secure_sum(updates: Params, round_key: jax.Array, client_ids: jax.Array,
     received: `[C]` bool, whose masked update arrived (default: every
       participant).
     fractional_bits: f of the fixed-point encoding.
+    num_neighbors: the masking graph (`mask_graph`): None = every pair.
 
   Returns:
     The float32 sum over clients that are both participating and received.
   """
   received = participating if received is None else received
   matrix, unflatten = _to_matrix(encode(updates, fractional_bits=fractional_bits))
-  total = _secure_matrix_sum(matrix, round_key, client_ids, participating, received)
+  total = _secure_matrix_sum(matrix, round_key, client_ids, participating, received,
+                             num_neighbors)
   return decode(unflatten(total), fractional_bits=fractional_bits)
 
 
 def secure_weighted_mean(updates: Params, weights: jax.Array, round_key: jax.Array,
                          client_ids: jax.Array, participating: jax.Array,
                          received: jax.Array | None = None, *, fractional_bits: int = 16,
-                         weight_fractional_bits: int = 4) -> tuple[Params, jax.Array]:
+                         weight_fractional_bits: int = 4, num_neighbors: int | None = None
+                         ) -> tuple[Params, jax.Array]:
   """FedAvg's weighted mean through secure aggregation.
 
   Each client submits `weight_k * update_k` and `weight_k`, masked together
@@ -233,6 +296,7 @@ def secure_weighted_mean(updates: Params, weights: jax.Array, round_key: jax.Arr
     round_key, client_ids, participating, received: as in `secure_sum`.
     fractional_bits: f for the weighted updates.
     weight_fractional_bits: f for the weights.
+    num_neighbors: the masking graph (`mask_graph`): None = every pair.
 
   Returns:
     `(sum_k w_k u_k / sum_k w_k, sum_k w_k)` over the received participants;
@@ -244,7 +308,7 @@ def secure_weighted_mean(updates: Params, weights: jax.Array, round_key: jax.Arr
   matrix, unflatten = _to_matrix(encode(weighted, fractional_bits=fractional_bits))
   encoded_weights = encode(weights.astype(jnp.float32), fractional_bits=weight_fractional_bits)
   total = _secure_matrix_sum(jnp.concatenate([matrix, encoded_weights[:, None]], axis=1),
-                             round_key, client_ids, participating, received)
+                             round_key, client_ids, participating, received, num_neighbors)
   total_weight = decode(total[-1], fractional_bits=weight_fractional_bits)
   summed = decode(unflatten(total[:-1]), fractional_bits=fractional_bits)
   mean = jax.tree.map(lambda t: jnp.where(total_weight > 0, t / jnp.maximum(total_weight, 1e-30),

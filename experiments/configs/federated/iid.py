@@ -69,6 +69,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.federated.learning_rate = 0.1
   config.federated.secure = True  # simulated secure aggregation
   config.federated.fractional_bits = 16
+  # Its masking graph: 0 = every pair of clients shares a mask (Bonawitz et
+  # al. 2017); an even k = each client's k neighbours in a random graph
+  # (SecAgg+), for large federations. The aggregate is the same either way.
+  config.federated.secure_neighbors = 0
   config.federated.shard_clients = False  # split the client axis over all devices
   # The server's storage for FedEraser: every client's update of every
   # `store_every`-th round (and the initial model). Off: no FedEraser.
