@@ -212,9 +212,9 @@ def _timed_request(config, sc, method, value, data, spec, original):
 
 
 def _relearn_figures(sc: ml_collections.ConfigDict, setting: str, data, apply_fn,
-                     original: Any, params: Any) -> dict[str, Any]:
-  curves = relearn.relearn_audit(sc, data, apply_fn, {"original": original, "model": params},
-                                 settings=[setting])["curves"][setting]["model"]
+                     original_accuracy: dict[str, float], params: Any) -> dict[str, Any]:
+  curves = relearn.relearn_audit(sc, data, apply_fn, {"model": params}, settings=[setting],
+                                 original_accuracy=original_accuracy)["curves"][setting]["model"]
   forget = curves["forget"]
   return {"relearn_steps_to_80": forget.get("steps_to_80"),
           "relearn_steps_to_original": forget.get("steps_to_original"),
@@ -224,21 +224,21 @@ def _relearn_figures(sc: ml_collections.ConfigDict, setting: str, data, apply_fn
 
 
 def model_figures(ctx: evaluate_phase.Audit, before: evaluate_phase.ModelAudit,
-                  retrained: evaluate_phase.ModelAudit, after: evaluate_phase.ModelAudit,
+                  retrained: dict[str, float], after: evaluate_phase.ModelAudit,
                   seed: int, *, roc: bool) -> dict[str, Any]:
   """One model's benchmark figures (see the module docstring), JSON-friendly.
 
   Args:
     ctx: the run's audit (`evaluate.build_audit`).
     before: the original model's audit.
-    retrained: the retrained model's audit.
+    retrained: the retrained model's `benchmark_figures` (computed once per
+      run: its MIA-efficacy fits an SVC).
     after: the audited model's.
     seed: seeds MIA-efficacy's subsample.
     roc: also keep LiRA's scores on the forget set and its look-alikes.
   """
-  bench = evaluate_phase.benchmark_figures(ctx, {"unlearned": after, "retrained": retrained},
-                                           seed)
-  out = {**bench["unlearned"], "average_gap": float(bench["average_gap"]),
+  unlearned = evaluate_phase.benchmark_figures(ctx, {"unlearned": after}, seed)["unlearned"]
+  out = {**unlearned, "average_gap": float(mia.average_gap(unlearned, retrained)),
          **evaluate_phase.forget_set_figures(ctx, before, after)}
   if roc:
     lira = np.asarray(after.scores["lira"], np.float64)
@@ -268,6 +268,9 @@ def run_seed(config: ml_collections.ConfigDict, scenario: str, seed: int, out: s
   images = data.pool.images
   before = evaluate_phase.audit_model(ctx, images, original)
   after_retrain = evaluate_phase.audit_model(ctx, images, retrained)
+  retrained_figures = evaluate_phase.benchmark_figures(ctx, {"retrained": after_retrain},
+                                                       seed)["retrained"]
+  relearn_reference = relearn.reference_accuracy(sc, data, apply_fn, original)
   phase_seconds = report.phase_seconds(run_dir)
   seconds = {"original": phase_seconds.get("train"), "retrain": phase_seconds.get("retrain")}
   roc = seed == config.seeds[0]
@@ -283,8 +286,9 @@ def run_seed(config: ml_collections.ConfigDict, scenario: str, seed: int, out: s
       audited = evaluate_phase.audit_model(ctx, images, params) if info["finite"] else None
     cell = {"info": info}
     if audited is not None:
-      cell.update(model_figures(ctx, before, after_retrain, audited, seed, roc=roc))
-      cell.update(_relearn_figures(sc, config.relearn_setting, data, apply_fn, original, params))
+      cell.update(model_figures(ctx, before, retrained_figures, audited, seed, roc=roc))
+      cell.update(_relearn_figures(sc, config.relearn_setting, data, apply_fn, relearn_reference,
+                                   params))
     cells.put(keys[name], cell)
     common.log(f"[benchmark] {keys[name]}: " + (
         f"UA {cell['UA']:.3f} TA {cell['TA']:.3f} gap {cell['average_gap']:.1f} "

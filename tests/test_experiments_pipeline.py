@@ -680,3 +680,31 @@ def test_retrain_seeds_audits_more_retrainings_beside_the_run(run, tmp_path):
   assert again["retrained_stats"] == results["retrained_stats"]
   with pytest.raises(ValueError, match="num_seeds must be at least 1"):
     retrain_seeds.retrain_spread(config, workdir, num_seeds=0)
+
+
+def test_relearn_audit_of_one_model_against_the_original_reference(run):
+  """The benchmark's path: one model attacked alone, read against the original's
+  accuracy computed once, gives the same figures as attacking it beside the original."""
+  from experiments import relearn  # pylint: disable=g-import-not-at-top
+  config, data = run["config"], run["data"]
+  models = relearn.run_models(config, run["workdir"], data)
+  apply_fn = common.create_model(common.model_spec(config, data)).apply_fn
+  setting = next(iter(config.evaluate.relearn.settings))
+  both = relearn.relearn_audit(config, data, apply_fn,
+                               {"original": models["original"], "model": models["unlearned"]},
+                               settings=[setting])
+  reference = relearn.reference_accuracy(config, data, apply_fn, models["original"])
+  assert reference == pytest.approx(
+      {name: both["curves"][setting]["original"][name]["accuracy"][0]
+       for name in ("forget", "control")}, abs=1e-6)
+  alone = relearn.relearn_audit(config, data, apply_fn, {"model": models["unlearned"]},
+                                settings=[setting], original_accuracy=reference)
+  for name in ("forget", "control"):
+    got, want = alone["curves"][setting]["model"][name], both["curves"][setting]["model"][name]
+    # Batched and single programs round differently: a step or two apart at most.
+    for key in ("steps_to_original", "steps_to_80"):
+      assert (got[key] is None) == (want[key] is None)
+      if got[key] is not None:
+        assert abs(got[key] - want[key]) <= 2
+  with pytest.raises(ValueError, match="must include 'original'"):
+    relearn.relearn_audit(config, data, apply_fn, {"model": models["unlearned"]})
