@@ -89,10 +89,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if fc.optimizer not in OPTIMIZERS:
     raise ValueError(f"federated.optimizer must be one of {tuple(OPTIMIZERS)}, got "
                      f"{fc.optimizer!r}")
-  secure_neighbors = fc.get("secure_neighbors", 0)
-  if secure_neighbors and (secure_neighbors < 2 or secure_neighbors % 2):
-    raise ValueError("federated.secure_neighbors must be 0 (every pair of clients shares a mask) "
-                     f"or an even number >= 2, got {secure_neighbors!r}")
+  try:  # 0 in the config = every pair (None in the library)
+    federated.secure_agg.check_num_neighbors(fc.get("secure_neighbors", 0) or None)
+  except ValueError as e:
+    raise ValueError(f"federated.secure_neighbors (0 = every pair): {e}") from None
   if fc.num_rounds < 1 or fc.checkpoint_every < 1 or fc.store_every < 1:
     raise ValueError("federated.num_rounds, checkpoint_every and store_every must be positive")
   if ec.request not in federated.REQUESTS:

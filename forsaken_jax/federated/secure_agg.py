@@ -54,8 +54,9 @@ import numpy as np
 
 Params = Any
 
-__all__ = ["decode", "dropout_correction", "encode", "mask_graph", "mask_updates", "pair_key",
-           "pairwise_mask", "secure_sum", "secure_weighted_mean", "server_sum"]
+__all__ = ["check_num_neighbors", "decode", "dropout_correction", "encode", "mask_graph",
+           "mask_updates", "pair_key", "pairwise_mask", "secure_sum", "secure_weighted_mean",
+           "server_sum"]
 
 
 def encode(tree: Params, *, fractional_bits: int) -> Params:
